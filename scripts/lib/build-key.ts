@@ -1,0 +1,101 @@
+import { createHash } from "node:crypto";
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { buildManifestPath, llamaPatchesDir, nlcPackageDir, nlcPatchesDir } from "./paths.js";
+import { listPatches } from "./patch-series.js";
+
+/** Bump when the build recipe itself changes in a way that changes the binary. */
+export const buildRecipeVersion = 1;
+
+export type BuildGpu = false | "cuda" | "vulkan" | "metal";
+
+export const buildGpuValues: readonly BuildGpu[] = [false, "cuda", "vulkan", "metal"];
+
+export function parseBuildGpu(value: string | undefined): BuildGpu {
+    if (value == null || value === "" || value === "false" || value === "cpu" || value === "off")
+        return false;
+    if (value === "cuda" || value === "vulkan" || value === "metal")
+        return value;
+    throw new Error(`invalid GPU option "${value}": use cpu, cuda, vulkan or metal`);
+}
+
+export type BuildInputs = {
+    recipe: number,
+    nodeLlamaCppVersion: string,
+    gpu: BuildGpu,
+    platform: string,
+    arch: string,
+    cpuFlags: string,
+    compiler: string,
+    nodeMajor: string,
+    patches: { series: string, name: string, sha256: string }[]
+};
+
+export type BuildManifest = {
+    key: string,
+    folderName: string,
+    gpu: BuildGpu,
+    cmakeOptions: Record<string, string>,
+    builtAt: string,
+    inputs: BuildInputs
+};
+
+function sha256(data: string | Buffer): string {
+    return createHash("sha256").update(data).digest("hex");
+}
+
+function cpuFlags(): string {
+    // GGML_NATIVE=ON builds for this CPU: a binary built elsewhere may not run here
+    try {
+        const info = fs.readFileSync("/proc/cpuinfo", "utf8");
+        const line = info.split("\n").find((l) => l.startsWith("flags") || l.startsWith("Features"));
+        return line != null ? sha256(line) : os.cpus()[0]?.model ?? "unknown";
+    } catch {
+        return os.cpus()[0]?.model ?? "unknown";
+    }
+}
+
+function compilerVersion(): string {
+    const res = spawnSync("c++", ["--version"], { encoding: "utf8" });
+    return res.status === 0 ? res.stdout.split("\n")[0]!.trim() : "none";
+}
+
+export function nodeLlamaCppVersion(): string {
+    const pkgPath = path.join(nlcPackageDir, "package.json");
+    if (!fs.existsSync(pkgPath))
+        throw new Error("node-llama-cpp is not installed: run `npm ci` first");
+    return JSON.parse(fs.readFileSync(pkgPath, "utf8")).version as string;
+}
+
+export function computeBuildInputs(
+    gpu: BuildGpu, dirs: { llama: string, nodeLlamaCpp: string } = { llama: llamaPatchesDir, nodeLlamaCpp: nlcPatchesDir }
+): BuildInputs {
+    const patches: BuildInputs["patches"] = [];
+    for (const [series, dir] of [["llama.cpp", dirs.llama], ["node-llama-cpp", dirs.nodeLlamaCpp]] as const)
+        for (const file of listPatches(dir))
+            patches.push({ series, name: path.basename(file), sha256: sha256(fs.readFileSync(file)) });
+
+    return {
+        recipe: buildRecipeVersion,
+        nodeLlamaCppVersion: nodeLlamaCppVersion(),
+        gpu,
+        platform: process.platform,
+        arch: process.arch,
+        cpuFlags: cpuFlags(),
+        compiler: compilerVersion(),
+        nodeMajor: process.versions.node.split(".")[0]!,
+        patches
+    };
+}
+
+export function computeBuildKey(inputs: BuildInputs): string {
+    return sha256(JSON.stringify(inputs)).slice(0, 24);
+}
+
+export function readBuildManifest(): BuildManifest | null {
+    if (!fs.existsSync(buildManifestPath))
+        return null;
+    return JSON.parse(fs.readFileSync(buildManifestPath, "utf8")) as BuildManifest;
+}

@@ -1,0 +1,117 @@
+// Work on the patch series as git commits.
+//
+//   node dist/scripts/patches.js checkout   # .work/llama.cpp and .work/node-llama-cpp, one commit per patch
+//   node dist/scripts/patches.js export     # rewrite patches/ from the commits after the keepkv-base tag
+//   node dist/scripts/patches.js sync       # copy .work/ sources into node_modules for a quick rebuild
+//
+// Each work tree has a `keepkv-base` tag on the pristine source; every commit after it becomes one
+// numbered patch (git format-patch), whose commit message is the patch header: what, why, how tested.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
+import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "./lib/paths.js";
+import { applySeriesToGitTree, git, listPatches } from "./lib/patch-series.js";
+
+const workLlama = path.join(workDir, "llama.cpp");
+const workNlc = path.join(workDir, "node-llama-cpp");
+
+// the parts of the node-llama-cpp package that the series may change
+const nlcTrackedPaths = ["llama/addon", "llama/CMakeLists.txt", "dist"];
+
+function checkout(): void {
+    fs.mkdirSync(workDir, { recursive: true });
+
+    if (fs.existsSync(workLlama) && git(workLlama, "status", "--porcelain").trim() !== "")
+        throw new Error(`${workLlama} has uncommitted changes: commit or discard them first`);
+    cloneBundledLlamaCpp(workLlama);
+    applySeriesToGitTree(workLlama, listPatches(llamaPatchesDir), { commit: true });
+
+    if (fs.existsSync(workNlc) && git(workNlc, "status", "--porcelain").trim() !== "")
+        throw new Error(`${workNlc} has uncommitted changes: commit or discard them first`);
+    fs.rmSync(workNlc, { recursive: true, force: true });
+    fs.mkdirSync(workNlc, { recursive: true });
+    for (const rel of nlcTrackedPaths)
+        fs.cpSync(path.join(nlcPackageDir, rel), path.join(workNlc, rel), { recursive: true });
+    // the installed package may already be patched: put the pristine files back
+    const pristine = path.join(nlcPackageDir, pristineDirName);
+    if (fs.existsSync(pristine)) {
+        for (const file of walk(pristine)) {
+            const rel = path.relative(pristine, file);
+            if (rel.endsWith(".absent"))
+                fs.rmSync(path.join(workNlc, rel.slice(0, -".absent".length)), { force: true });
+            else
+                fs.copyFileSync(file, path.join(workNlc, rel));
+        }
+    }
+    git(workNlc, "init", "-q", "-b", "keepkv");
+    git(workNlc, "add", "-A");
+    git(workNlc, "-c", "user.name=keepkv", "-c", "user.email=keepkv@localhost", "commit", "-qm", "node-llama-cpp 3.21.1 (pristine)");
+    git(workNlc, "tag", "-f", "keepkv-base");
+    applySeriesToGitTree(workNlc, listPatches(nlcPatchesDir), { commit: true });
+
+    process.stdout.write(`checked out:\n  ${workLlama}\n  ${workNlc}\ncommit your changes there, then run: npm run patches:export\n`);
+}
+
+function* walk(dir: string): Generator<string> {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory())
+            yield* walk(full);
+        else
+            yield full;
+    }
+}
+
+function exportSeries(tree: string, dest: string): number {
+    if (!fs.existsSync(tree))
+        throw new Error(`${tree} does not exist: run npm run patches:checkout first`);
+    if (git(tree, "status", "--porcelain", "--untracked-files=no").trim() !== "")
+        throw new Error(`${tree} has uncommitted changes: commit them first (each commit becomes one patch)`);
+    fs.mkdirSync(dest, { recursive: true });
+    for (const old of listPatches(dest))
+        fs.rmSync(old);
+    git(tree, "format-patch", "-q", "--zero-commit", "--no-signature", "--full-index", "-o", dest, "keepkv-base..HEAD");
+    return listPatches(dest).length;
+}
+
+function exportAll(): void {
+    const nLlama = exportSeries(workLlama, llamaPatchesDir);
+    const nNlc = exportSeries(workNlc, nlcPatchesDir);
+    process.stdout.write(`exported ${nLlama} llama.cpp patch(es) and ${nNlc} node-llama-cpp patch(es) into patches/\n`);
+}
+
+/** Copies the work trees into node_modules, so that `source build` compiles them (ccache keeps it fast). */
+function sync(): void {
+    const changed = git(workLlama, "diff", "--name-only", "keepkv-base").split("\n").filter((l) => l !== "");
+    const tracked = git(workLlama, "ls-files").split("\n").filter((l) => l !== "");
+    for (const rel of new Set([...changed, ...tracked.filter((f) => f.startsWith("src/") || f.startsWith("include/") || f.startsWith("ggml/"))])) {
+        const src = path.join(workLlama, rel);
+        const dst = path.join(nlcLlamaCppDir, rel);
+        if (!fs.existsSync(src))
+            continue;
+        if (fs.existsSync(dst) && fs.readFileSync(dst).equals(fs.readFileSync(src)))
+            continue;
+        fs.mkdirSync(path.dirname(dst), { recursive: true });
+        fs.copyFileSync(src, dst);
+    }
+    for (const rel of nlcTrackedPaths)
+        fs.cpSync(path.join(workNlc, rel), path.join(nlcPackageDir, rel), { recursive: true });
+    process.stdout.write("synced .work/ into node_modules/node-llama-cpp\n");
+}
+
+const command = process.argv[2];
+try {
+    if (command === "checkout")
+        checkout();
+    else if (command === "export")
+        exportAll();
+    else if (command === "sync")
+        sync();
+    else {
+        process.stderr.write("usage: patches.js checkout|export|sync\n");
+        process.exit(2);
+    }
+} catch (err) {
+    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# keepkv setup: installs what building and testing need, builds llama.cpp with the KeepKV patches
+# (offline, cached by content hash), compiles the TypeScript, then starts the server on the default
+# model. Run it again at any time: every step is idempotent and a cached build is restored in seconds.
+#
+#   ./scripts/setup.sh              install, build, start the server
+#   ./scripts/setup.sh --no-start   install and build only
+#
+# Environment: KEEPKV_GPU=cuda|vulkan|metal builds with that backend (default: CPU);
+# KEEPKV_BUILD_CACHE moves the build cache (default ~/.cache/keepkv/builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+start=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-start) start=0 ;;
+        *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+    esac
+done
+
+say() { printf '\n[keepkv setup] %s\n' "$*" >&2; }
+
+# Debian packages: the first group builds llama.cpp, the second runs the test suite
+# (Prometheus and promtool, headless Chromium, nginx, docker-compose for config checks)
+build_pkgs=(cmake g++ git ccache)
+test_pkgs=(prometheus chromium nginx docker-compose)
+
+missing=()
+for pkg in "${build_pkgs[@]}" "${test_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null; then
+        say "not a Debian system: install these yourself: ${missing[*]}"
+    else
+        sudo=""
+        [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && sudo="sudo"
+        if [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
+            say "missing packages and no root: apt-get install ${missing[*]}"
+        else
+            say "installing Debian packages: ${missing[*]}"
+            export DEBIAN_FRONTEND=noninteractive
+            $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+                { $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+        fi
+    fi
+fi
+
+for tool in cmake g++ git node npm; do
+    command -v "$tool" >/dev/null || { echo "[keepkv setup] $tool is required" >&2; exit 1; }
+done
+
+say "installing npm packages"
+# node-llama-cpp's own postinstall is deliberately not run (npm 11 skips dependency install
+# scripts): it would try to download or build vanilla binaries. Our build step below builds instead.
+npm ci --no-audit --no-fund
+
+say "compiling TypeScript"
+npm run build
+
+say "building llama.cpp with the KeepKV patches (cached; the first build takes about 9 minutes on 2 cores)"
+node dist/scripts/build-llama.js
+
+if [ "$start" -eq 1 ]; then
+    say "starting the server (Ctrl-C to stop)"
+    exec npm start
+fi

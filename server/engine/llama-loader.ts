@@ -1,0 +1,100 @@
+// Loads llama.cpp through node-llama-cpp: the keepkv-patched local build (always, for the product) or,
+// on purpose and only for comparisons, node-llama-cpp's own prebuilt binary.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
+import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
+import { nlcLocalBuildsDir } from "../../scripts/lib/paths.js";
+
+export type LlamaBuildErrorCode = "BUILD_MISSING" | "BUILD_STALE" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";
+
+export class LlamaBuildError extends Error {
+    constructor(readonly code: LlamaBuildErrorCode, message: string) {
+        super(message);
+        this.name = "LlamaBuildError";
+    }
+}
+
+const howToBuild = "Build it with `npm run build:llama` (or run ./scripts/setup.sh).";
+
+type Bindings = { keepKvVersion?: () => string };
+
+/** The KeepKV version string of a loaded binary, or null for a binary without the patches. */
+export function keepKvVersionOf(llama: Llama): string | null {
+    const bindings = (llama as unknown as { _bindings: Bindings })._bindings;
+    return typeof bindings.keepKvVersion === "function" ? bindings.keepKvVersion() : null;
+}
+
+export type LoadOptions = {
+    logLevel?: LlamaLogLevel,
+    /** skip the check that the build matches the current patch series (tools that inspect old builds) */
+    allowStale?: boolean
+};
+
+/**
+ * Loads the keepkv-patched build made by scripts/build-llama. Refuses, with an error that says how to
+ * build, when there is no build, when the patches changed since it was built, or when the binary that
+ * node-llama-cpp loaded is not the patched one.
+ */
+export async function loadPatchedLlama(opts: LoadOptions = {}): Promise<Llama> {
+    const manifest = readBuildManifest();
+    if (manifest == null || !fs.existsSync(path.join(nlcLocalBuildsDir, manifest.folderName, "Release", "llama-addon.node")))
+        throw new LlamaBuildError("BUILD_MISSING", `The keepkv build of llama.cpp is missing. ${howToBuild}`);
+
+    if (opts.allowStale !== true) {
+        const key = computeBuildKey(computeBuildInputs(manifest.gpu));
+        if (key !== manifest.key)
+            throw new LlamaBuildError("BUILD_STALE",
+                `The keepkv build of llama.cpp (${manifest.key}) does not match the current patches or machine (${key}). ${howToBuild}`);
+    }
+
+    let llama: Llama;
+    try {
+        llama = await getLlama({
+            gpu: manifest.gpu,
+            build: "never",
+            usePrebuiltBinaries: false,
+            cmakeOptions: manifest.cmakeOptions,
+            skipDownload: true,
+            progressLogs: false,
+            logLevel: opts.logLevel ?? LlamaLogLevel.error
+        });
+    } catch (err) {
+        throw new LlamaBuildError("BUILD_LOAD_FAILED",
+            `node-llama-cpp could not load the keepkv build: ${err instanceof Error ? err.message : String(err)}. ${howToBuild}`);
+    }
+
+    if (llama.buildType !== "localBuild" || keepKvVersionOf(llama) == null) {
+        await llama.dispose();
+        throw new LlamaBuildError("BUILD_NOT_PATCHED",
+            `node-llama-cpp loaded a llama.cpp binary without the KeepKV patches (${llama.buildType}). ${howToBuild}`);
+    }
+    return llama;
+}
+
+/**
+ * Loads node-llama-cpp's prebuilt CPU binary, unpatched: the "vanilla llama.cpp" that benchmarks and
+ * equivalence tests compare against. Never used to serve.
+ */
+export async function loadVanillaLlama(opts: LoadOptions = {}): Promise<Llama> {
+    let llama: Llama;
+    try {
+        llama = await getLlama({
+            gpu: false,
+            build: "never",
+            usePrebuiltBinaries: true,
+            skipDownload: true,
+            progressLogs: false,
+            logLevel: opts.logLevel ?? LlamaLogLevel.error
+        });
+    } catch (err) {
+        throw new LlamaBuildError("VANILLA_UNAVAILABLE",
+            `node-llama-cpp's prebuilt CPU binary could not be loaded: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    if (llama.buildType !== "prebuilt" || keepKvVersionOf(llama) != null) {
+        await llama.dispose();
+        throw new LlamaBuildError("VANILLA_UNAVAILABLE",
+            `expected node-llama-cpp's prebuilt binary, got a ${llama.buildType} build`);
+    }
+    return llama;
+}

@@ -1,0 +1,138 @@
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { LlamaCompletion } from "node-llama-cpp";
+import { buildPatchedLlama, cloneBundledLlamaCpp } from "../scripts/build-llama.js";
+import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../scripts/lib/build-key.js";
+import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir } from "../scripts/lib/paths.js";
+import { applySeriesToGitTree, git, listPatches, PatchApplyError } from "../scripts/lib/patch-series.js";
+import { keepKvVersionOf, loadPatchedLlama, loadVanillaLlama } from "../server/engine/llama-loader.js";
+import { defaultModelPath, ModelPathError, requireFile } from "../server/engine/model-paths.js";
+
+describe("offline patched build", function () {
+    it("loads the patched build, and generation with stories3M works through node-llama-cpp", async function () {
+        const llama = await loadPatchedLlama();
+        try {
+            assert.equal(llama.buildType, "localBuild");
+            assert.match(keepKvVersionOf(llama) ?? "", /^keepkv \d+$/);
+            const model = await llama.loadModel({ modelPath: requireFile(defaultModelPath(), "model", "KEEPKV_MODEL") });
+            const context = await model.createContext({ contextSize: 512 });
+            const completion = new LlamaCompletion({ contextSequence: context.getSequence() });
+            const text = await completion.generateCompletion("Once upon a time", { maxTokens: 24, temperature: 0 });
+            assert.ok(text.trim().split(/\s+/).length >= 5, `expected a few words, got ${JSON.stringify(text)}`);
+            await context.dispose();
+            await model.dispose();
+        } finally {
+            await llama.dispose();
+        }
+    });
+
+    it("can load node-llama-cpp's vanilla prebuilt binary on purpose, and it has no KeepKV", async function () {
+        const llama = await loadVanillaLlama();
+        try {
+            assert.equal(llama.buildType, "prebuilt");
+            assert.equal(keepKvVersionOf(llama), null);
+        } finally {
+            await llama.dispose();
+        }
+    });
+
+    it("a missing model file gives an error that names the path and the variable", function () {
+        assert.throws(() => requireFile("/nonexistent/model.gguf", "model", "KEEPKV_MODEL"),
+            (err: unknown) => err instanceof ModelPathError && /\/nonexistent\/model\.gguf/.test(err.message) && /KEEPKV_MODEL/.test(err.message));
+    });
+});
+
+describe("patch series", function () {
+    let tmp: string;
+    beforeEach(() => {
+        tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-patch-"));
+    });
+    afterEach(() => {
+        fs.rmSync(tmp, { recursive: true, force: true });
+    });
+
+    it("every patch applies, in order, to the bundled llama.cpp", function () {
+        const tree = path.join(tmp, "llama.cpp");
+        cloneBundledLlamaCpp(tree);
+        const patches = listPatches(llamaPatchesDir);
+        assert.ok(patches.length >= 1);
+        applySeriesToGitTree(tree, patches, { commit: true });
+        assert.equal(git(tree, "rev-list", "--count", "keepkv-base..HEAD").trim(), String(patches.length));
+    });
+
+    it("a patch that does not apply stops with its name, file and hunk, and leaves no half-patched tree", function () {
+        const tree = path.join(tmp, "llama.cpp");
+        cloneBundledLlamaCpp(tree);
+        const base = git(tree, "rev-parse", "HEAD").trim();
+
+        // a copy of the series whose last patch has a context line that the tree does not have
+        const broken = path.join(tmp, "patches");
+        fs.mkdirSync(broken);
+        const patches = listPatches(llamaPatchesDir);
+        for (const p of patches)
+            fs.copyFileSync(p, path.join(broken, path.basename(p)));
+        const last = path.join(broken, path.basename(patches[patches.length - 1]!));
+        const text = fs.readFileSync(last, "utf8");
+        const lines = text.split("\n");
+        const hunkAt = lines.findIndex((l) => l.startsWith("@@"));
+        const contextAt = lines.findIndex((l, i) => i > hunkAt && l.startsWith(" ") && l.trim() !== "");
+        assert.ok(contextAt > hunkAt && hunkAt > 0, "the patch has a context line to break");
+        lines[contextAt] = " this line is not in llama.cpp";
+        fs.writeFileSync(last, lines.join("\n"));
+        const diffLine = lines.slice(0, hunkAt).reverse().find((l) => l.startsWith("diff --git a/"));
+        const file = diffLine != null ? /^diff --git a\/(\S+)/.exec(diffLine)?.[1] : undefined;
+
+        assert.throws(() => applySeriesToGitTree(tree, listPatches(broken), { commit: true }), (err: unknown) => {
+            assert.ok(err instanceof PatchApplyError);
+            assert.equal(err.code, "PATCH_DOES_NOT_APPLY");
+            assert.equal(path.basename(err.patch), path.basename(last));
+            assert.ok(err.message.includes(path.basename(last)));
+            assert.ok(err.file != null && err.hunk != null, `file and hunk named: ${err.message}`);
+            if (file != null)
+                assert.equal(err.file, file);
+            return true;
+        });
+        assert.equal(git(tree, "rev-parse", "HEAD").trim(), base, "HEAD is back at the base");
+        assert.equal(git(tree, "status", "--porcelain").trim(), "", "no modified or untracked files");
+    });
+});
+
+describe("build cache", function () {
+    it("the same inputs give the same key, and a changed patch gives another", function () {
+        const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-key-"));
+        try {
+            const dirs = { llama: path.join(tmp, "llama.cpp"), nodeLlamaCpp: path.join(tmp, "node-llama-cpp") };
+            fs.cpSync(llamaPatchesDir, dirs.llama, { recursive: true });
+            fs.cpSync(nlcPatchesDir, dirs.nodeLlamaCpp, { recursive: true });
+            const key = computeBuildKey(computeBuildInputs(false));
+            assert.equal(computeBuildKey(computeBuildInputs(false, dirs)), key, "a copy of the series has the same key");
+            assert.equal(computeBuildKey(computeBuildInputs(false)), key, "stable across calls");
+
+            const first = listPatches(dirs.llama)[0]!;
+            fs.appendFileSync(first, "\n");
+            assert.notEqual(computeBuildKey(computeBuildInputs(false, dirs)), key, "a changed patch changes the key");
+            assert.notEqual(computeBuildKey(computeBuildInputs("cuda")), key, "build options are part of the key");
+        } finally {
+            fs.rmSync(tmp, { recursive: true, force: true });
+        }
+    });
+
+    it("a build with the same inputs is restored from the cache instead of rebuilt", function () {
+        const manifest = readBuildManifest();
+        assert.ok(manifest != null, "the setup command built llama.cpp");
+        const entry = path.join(buildCacheDir(), manifest.key);
+        assert.ok(fs.existsSync(path.join(entry, "manifest.json")), `the build is cached at ${entry}`);
+
+        // what a fresh clone sees: no build in node_modules
+        fs.rmSync(path.join(nlcLocalBuildsDir, manifest.folderName), { recursive: true, force: true });
+        const result = buildPatchedLlama({ gpu: manifest.gpu });
+        assert.equal(result.source, "cache");
+        assert.equal(result.manifest.key, manifest.key);
+        assert.ok(fs.existsSync(path.join(nlcLocalBuildsDir, manifest.folderName, "Release", "llama-addon.node")));
+
+        const again = buildPatchedLlama({ gpu: manifest.gpu });
+        assert.equal(again.source, "up-to-date");
+    });
+});
