@@ -10,13 +10,13 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
 import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "./lib/paths.js";
-import { applySeriesToGitTree, git, listPatches } from "./lib/patch-series.js";
+import {
+    applySeriesToGitTree, ensurePristineSnapshot, git, listPatches, nlcTrackedPaths, restorePristineSnapshot
+} from "./lib/patch-series.js";
 
 const workLlama = path.join(workDir, "llama.cpp");
 const workNlc = path.join(workDir, "node-llama-cpp");
 
-// the parts of the node-llama-cpp package that the series may change
-const nlcTrackedPaths = ["llama/addon", "llama/CMakeLists.txt", "dist"];
 
 function checkout(): void {
     fs.mkdirSync(workDir, { recursive: true });
@@ -30,19 +30,10 @@ function checkout(): void {
         throw new Error(`${workNlc} has uncommitted changes: commit or discard them first`);
     fs.rmSync(workNlc, { recursive: true, force: true });
     fs.mkdirSync(workNlc, { recursive: true });
-    for (const rel of nlcTrackedPaths)
-        fs.cpSync(path.join(nlcPackageDir, rel), path.join(workNlc, rel), { recursive: true });
-    // the installed package may already be patched: put the pristine files back
+    // the pristine package, as npm installed it
     const pristine = path.join(nlcPackageDir, pristineDirName);
-    if (fs.existsSync(pristine)) {
-        for (const file of walk(pristine)) {
-            const rel = path.relative(pristine, file);
-            if (rel.endsWith(".absent"))
-                fs.rmSync(path.join(workNlc, rel.slice(0, -".absent".length)), { force: true });
-            else
-                fs.copyFileSync(file, path.join(workNlc, rel));
-        }
-    }
+    ensurePristineSnapshot(nlcPackageDir, pristine, nlcTrackedPaths);
+    restorePristineSnapshot(workNlc, pristine, nlcTrackedPaths);
     git(workNlc, "init", "-q", "-b", "keepkv");
     git(workNlc, "add", "-A");
     git(workNlc, "-c", "user.name=keepkv", "-c", "user.email=keepkv@localhost", "commit", "-qm", "node-llama-cpp 3.21.1 (pristine)");
@@ -50,16 +41,6 @@ function checkout(): void {
     applySeriesToGitTree(workNlc, listPatches(nlcPatchesDir), { commit: true });
 
     process.stdout.write(`checked out:\n  ${workLlama}\n  ${workNlc}\ncommit your changes there, then run: npm run patches:export\n`);
-}
-
-function* walk(dir: string): Generator<string> {
-    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
-        const full = path.join(dir, entry.name);
-        if (entry.isDirectory())
-            yield* walk(full);
-        else
-            yield full;
-    }
 }
 
 function exportSeries(tree: string, dest: string): number {
@@ -82,7 +63,10 @@ function exportAll(): void {
 
 /** Copies the work trees into node_modules, so that `source build` compiles them (ccache keeps it fast). */
 function sync(): void {
-    const changed = git(workLlama, "diff", "--name-only", "keepkv-base").split("\n").filter((l) => l !== "");
+    const changed = [
+        ...git(workLlama, "diff", "--name-only", "keepkv-base").split("\n"),
+        ...git(workLlama, "ls-files", "--others", "--exclude-standard").split("\n")
+    ].filter((l) => l !== "");
     const tracked = git(workLlama, "ls-files").split("\n").filter((l) => l !== "");
     for (const rel of new Set([...changed, ...tracked.filter((f) => f.startsWith("src/") || f.startsWith("include/") || f.startsWith("ggml/"))])) {
         const src = path.join(workLlama, rel);
@@ -94,6 +78,8 @@ function sync(): void {
         fs.mkdirSync(path.dirname(dst), { recursive: true });
         fs.copyFileSync(src, dst);
     }
+    // keep the pristine snapshot of the package before overwriting it
+    ensurePristineSnapshot(nlcPackageDir, path.join(nlcPackageDir, pristineDirName), nlcTrackedPaths);
     for (const rel of nlcTrackedPaths)
         fs.cpSync(path.join(workNlc, rel), path.join(nlcPackageDir, rel), { recursive: true });
     process.stdout.write("synced .work/ into node_modules/node-llama-cpp\n");

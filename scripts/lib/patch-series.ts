@@ -83,44 +83,75 @@ export function applySeriesToGitTree(tree: string, patches: string[], opts: { co
     }
 }
 
+/** The parts of the node-llama-cpp package that the series may change. */
+export const nlcTrackedPaths = ["llama/addon", "llama/CMakeLists.txt", "dist"];
+
+function* walkFiles(dir: string): Generator<string> {
+    for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
+        const full = path.join(dir, entry.name);
+        if (entry.isDirectory())
+            yield* walkFiles(full);
+        else
+            yield full;
+    }
+}
+
+function listTracked(root: string, tracked: string[]): string[] {
+    const files: string[] = [];
+    for (const rel of tracked) {
+        const full = path.join(root, rel);
+        if (!fs.existsSync(full))
+            continue;
+        if (fs.statSync(full).isDirectory())
+            for (const f of walkFiles(full))
+                files.push(path.relative(root, f));
+        else
+            files.push(rel);
+    }
+    return files;
+}
+
+/**
+ * Keeps a copy of the tracked paths of a plain tree as they were before any patch, and puts it back.
+ * The copy is taken once, the first time, when the tree is still as npm installed it.
+ */
+export function ensurePristineSnapshot(tree: string, pristineDir: string, tracked: string[]): void {
+    const complete = path.join(pristineDir, ".complete");
+    if (fs.existsSync(complete))
+        return;
+    fs.rmSync(pristineDir, { recursive: true, force: true });
+    for (const rel of listTracked(tree, tracked)) {
+        fs.mkdirSync(path.dirname(path.join(pristineDir, rel)), { recursive: true });
+        fs.copyFileSync(path.join(tree, rel), path.join(pristineDir, rel));
+    }
+    fs.writeFileSync(complete, "");
+}
+
+export function restorePristineSnapshot(tree: string, pristineDir: string, tracked: string[]): void {
+    const saved = new Set(listTracked(pristineDir, tracked));
+    for (const rel of listTracked(tree, tracked))
+        if (!saved.has(rel))
+            fs.rmSync(path.join(tree, rel));
+    for (const rel of saved) {
+        const live = path.join(tree, rel);
+        const copy = path.join(pristineDir, rel);
+        if (!fs.existsSync(live) || !fs.readFileSync(live).equals(fs.readFileSync(copy))) {
+            fs.mkdirSync(path.dirname(live), { recursive: true });
+            fs.copyFileSync(copy, live);
+        }
+    }
+}
+
 /**
  * Applies the series to a plain directory (node-llama-cpp's package folder is not a git repository).
- * Every file the series touches is first restored from a pristine copy kept beside the package, so that
- * applying twice gives the same result; on failure the touched files are restored again.
+ * The tracked paths are first put back as npm installed them (from a snapshot kept beside the package),
+ * so that applying twice gives the same result; on failure they are put back again.
  */
-export function applySeriesToPlainTree(tree: string, patches: string[], pristineDir: string): void {
-    const touched = new Set<string>();
-    for (const patch of patches)
-        for (const file of filesTouchedByPatch(fs.readFileSync(patch, "utf8")))
-            touched.add(file);
+export function applySeriesToPlainTree(tree: string, patches: string[], pristineDir: string, tracked: string[] = nlcTrackedPaths): void {
+    ensurePristineSnapshot(tree, pristineDir, tracked);
+    restorePristineSnapshot(tree, pristineDir, tracked);
 
-    for (const file of touched) {
-        const live = path.join(tree, file);
-        const saved = path.join(pristineDir, file);
-        if (fs.existsSync(saved)) {
-            fs.copyFileSync(saved, live);
-        } else if (fs.existsSync(live)) {
-            fs.mkdirSync(path.dirname(saved), { recursive: true });
-            fs.copyFileSync(live, saved);
-        } else {
-            // a file the series creates: remember that it did not exist
-            fs.mkdirSync(path.dirname(saved), { recursive: true });
-            fs.writeFileSync(saved + ".absent", "");
-        }
-        if (fs.existsSync(saved + ".absent") && fs.existsSync(live))
-            fs.rmSync(live);
-    }
-
-    const restore = () => {
-        for (const file of touched) {
-            const live = path.join(tree, file);
-            const saved = path.join(pristineDir, file);
-            if (fs.existsSync(saved))
-                fs.copyFileSync(saved, live);
-            else if (fs.existsSync(saved + ".absent") && fs.existsSync(live))
-                fs.rmSync(live);
-        }
-    };
+    const restore = () => restorePristineSnapshot(tree, pristineDir, tracked);
 
     // the package folder sits inside the project's own repository: stop git from finding it, or git apply
     // would read the patch paths relative to the project root and silently skip them
