@@ -1,6 +1,11 @@
 // The typed TypeScript face of KeepKV: options (declared, documented and validated here, once), context
 // creation with a policy and a per-sequence KV budget, explicit compression and statistics.
-import type { LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaModel } from "node-llama-cpp";
+//
+// Everything that touches the native context takes node-llama-cpp's own context lock, so it never runs
+// while a batch of that context is being decoded.
+import { withLock } from "lifecycle-utils";
+import type { Llama, LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaModel } from "node-llama-cpp";
+import { keepKvVersionOf } from "./llama-loader.js";
 
 export const keepKvPolicies = ["off", "window", "evict", "merge-naive", "keepkv"] as const;
 export type KeepKvPolicy = typeof keepKvPolicies[number];
@@ -12,6 +17,7 @@ export type KeepKvErrorCode =
     | "KEEPKV_INVALID_OPTION"
     | "KEEPKV_UNSUPPORTED_MODEL"
     | "KEEPKV_NOT_PATCHED"
+    | "KEEPKV_NOT_ENABLED"
     | "KEEPKV_FAILED";
 
 export class KeepKvError extends Error {
@@ -23,21 +29,29 @@ export class KeepKvError extends Error {
 
 /** What a user sets. Every field is optional; `resolveKeepKvSettings` fills the defaults and validates. */
 export type KeepKvOptions = {
-    /** Compression policy. Default "keepkv". "off" is vanilla llama.cpp and costs nothing. */
+    /** Compression policy. "off" is vanilla llama.cpp: nothing allocated, nothing computed. */
     policy?: KeepKvPolicy,
-    /** ZIP-merge variant used by the "keepkv" policy. */
+    /** How the "keepkv" policy places a merged key (all are exact for the representative query). */
     variant?: KeepKvVariant,
     /**
      * KV budget per sequence: an integer number of cells (>= 2), or a fraction in (0, 1] of the logical
-     * context size. null: no automatic compression (explicit `compressSequence` only). Default null.
+     * context size. null: no automatic compression (explicit compression only).
      */
     budget?: number | null,
-    /** First positions of a sequence that never leave the cache (attention sinks). Default 4. */
+    /** First cells of a sequence that never leave the cache (attention sinks). */
     sinks?: number,
-    /** Last positions of a sequence that never leave the cache. Default 32. */
+    /** Last cells of a sequence that never leave the cache. */
     recent?: number,
-    /** Cosine similarity below which a leaving cell is evicted instead of merged, in (0, 1]. Default 0.8. */
-    threshold?: number
+    /** Cosine similarity of keys below which a leaving cell is evicted instead of merged, in (0, 1]. */
+    threshold?: number,
+    /** Cells removed at least per automatic compression; 0 = budget/16. Larger: fewer, bigger compressions. */
+    chunk?: number,
+    /** Queries per sequence and batch observed to score the cells (the last ones). */
+    observed?: number,
+    /** Decay of the exponential moving average of the scores, per batch, in [0, 1). */
+    scoreDecay?: number,
+    /** Decay of the representative query's moving average, in [0, 1); 0 = the last query. */
+    queryDecay?: number
 };
 
 export type KeepKvSettings = Required<Omit<KeepKvOptions, "budget">> & {
@@ -45,47 +59,18 @@ export type KeepKvSettings = Required<Omit<KeepKvOptions, "budget">> & {
     budgetCells: number | null
 };
 
-export type KeepKvSequenceStats = {
-    sequenceId: number,
-    /** tokens the sequence has seen (its next position) */
-    logicalTokens: number,
-    /** KV cells the sequence holds now */
-    cellsUsed: number,
-    /** its budget in cells, or null when there is none */
-    budget: number | null,
-    /** physical cells available to it (its stream) */
-    capacity: number,
-    /** K/V bytes its cells occupy */
-    kvBytesUsed: number,
-    /** leaving cells merged into a retained cell (in cell equivalents: merged layer-head slots / slots per cell) */
-    merges: number,
-    /** leaving cells dropped without a merge (cell equivalents) */
-    evictions: number,
-    /** compression events */
-    compressions: number,
-    /** time spent compressing, seconds */
-    compressionSeconds: number,
-    /** largest vote of any cell, layer and head (1 for an uncompressed sequence) */
-    voteMax: number,
-    /** mean vote over its cells, layers and heads */
-    voteMean: number
-};
-
-export type KeepKvContextStats = {
-    policy: KeepKvPolicy,
-    /** physical KV cells of the context (all streams) */
-    capacityCells: number,
-    /** K/V bytes allocated */
-    kvBytesAllocated: number,
-    /** K/V bytes in use by cells that hold tokens */
-    kvBytesUsed: number,
-    /** K/V bytes a full (uncompressed) cache of the logical context would allocate */
-    kvBytesFull: number,
-    merges: number,
-    evictions: number,
-    compressions: number,
-    compressionSeconds: number,
-    sequences: KeepKvSequenceStats[]
+/** One declaration per option: the default, the unit and what it costs. The README table is checked against it. */
+export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, doc: string }> = {
+    policy: { default: "keepkv", doc: "off, window (StreamingLLM), evict (H2O/SnapKV), merge-naive (convex merge, votes summed), keepkv (votes + ZIP merge). off allocates nothing and adds no work." },
+    variant: { default: "key", doc: "ZIP merge variant of the keepkv policy: paper (k = C sum w k, guarded), votes (convex key, the vote absorbs the mass), key (convex key moved along the query)." },
+    budget: { default: "none", doc: "KV cells per sequence (integer) or fraction of the context (0-1]. The cache allocates budget + one batch of cells per sequence and compresses before a batch would go over." },
+    sinks: { default: "4", doc: "first cells of a sequence that never leave (attention sinks)." },
+    recent: { default: "32", doc: "last cells of a sequence that never leave." },
+    threshold: { default: "0.8", doc: "cosine similarity below which a leaving cell is evicted instead of merged." },
+    chunk: { default: "budget/16", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger." },
+    observed: { default: "8", doc: "last queries of each sequence per batch that score the cells (cost: one extra K·q product of this many rows per layer)." },
+    scoreDecay: { default: "0.9", doc: "decay of the attention-score moving average, per batch." },
+    queryDecay: { default: "0", doc: "decay of the representative query's moving average; 0 = the last query, for which merges are exact." }
 };
 
 export const keepKvDefaults = {
@@ -94,7 +79,11 @@ export const keepKvDefaults = {
     budget: null,
     sinks: 4,
     recent: 32,
-    threshold: 0.8
+    threshold: 0.8,
+    chunk: 0,
+    observed: 8,
+    scoreDecay: 0.9,
+    queryDecay: 0
 } as const satisfies KeepKvOptions;
 
 function invalid(option: string, message: string): KeepKvError {
@@ -105,9 +94,23 @@ function isInt(value: unknown): value is number {
     return typeof value === "number" && Number.isInteger(value);
 }
 
+function intOption(options: KeepKvOptions, name: "sinks" | "recent" | "chunk" | "observed", min: number): number {
+    const value = options[name] ?? keepKvDefaults[name];
+    if (!isInt(value) || value < min)
+        throw invalid(name, `must be an integer >= ${min}, got ${String(value)}`);
+    return value;
+}
+
+function unitOption(options: KeepKvOptions, name: "scoreDecay" | "queryDecay"): number {
+    const value = options[name] ?? keepKvDefaults[name];
+    if (typeof value !== "number" || !(value >= 0 && value < 1))
+        throw invalid(name, `must be in [0, 1), got ${String(value)}`);
+    return value;
+}
+
 /**
- * Fills defaults and validates. `contextSize` is the logical context per sequence, `batchSize` the
- * ubatch: a budget must leave room for the sinks, the recent window and one ubatch.
+ * Fills defaults and validates. `contextSize` is the logical context per sequence: a budget must fit in
+ * it and hold the sinks and the recent window plus one more cell.
  */
 export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: number): KeepKvSettings {
     const policy = options.policy ?? keepKvDefaults.policy;
@@ -116,12 +119,12 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
     const variant = options.variant ?? keepKvDefaults.variant;
     if (!(keepKvVariants as readonly string[]).includes(variant))
         throw invalid("variant", `unknown variant ${JSON.stringify(variant)}; use one of ${keepKvVariants.join(", ")}`);
-    const sinks = options.sinks ?? keepKvDefaults.sinks;
-    if (!isInt(sinks) || sinks < 0)
-        throw invalid("sinks", `must be an integer >= 0, got ${String(sinks)}`);
-    const recent = options.recent ?? keepKvDefaults.recent;
-    if (!isInt(recent) || recent < 0)
-        throw invalid("recent", `must be an integer >= 0, got ${String(recent)}`);
+    const sinks = intOption(options, "sinks", 0);
+    const recent = intOption(options, "recent", 0);
+    const chunk = intOption(options, "chunk", 0);
+    const observed = intOption(options, "observed", 1);
+    const scoreDecay = unitOption(options, "scoreDecay");
+    const queryDecay = unitOption(options, "queryDecay");
     const threshold = options.threshold ?? keepKvDefaults.threshold;
     if (typeof threshold !== "number" || !(threshold > 0 && threshold <= 1))
         throw invalid("threshold", `must be in (0, 1], got ${String(threshold)}`);
@@ -138,61 +141,265 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         else
             throw invalid("budget", `a budget above 1 is a number of cells and must be an integer, got ${budget}`);
         if (policy === "off")
-            throw invalid("budget", "a budget needs a compression policy; policy is \"off\"");
+            throw invalid("budget", "a budget needs a compression policy; the policy is \"off\"");
         if (budgetCells > contextSize)
-            throw invalid("budget", `${budgetCells} cells is more than the logical context (${contextSize})`);
+            throw invalid("budget", `${budgetCells} cells is more than the logical context of a sequence (${contextSize})`);
         if (budgetCells < sinks + recent + 1)
             throw invalid("budget", `${budgetCells} cells cannot hold the ${sinks} sinks and the ${recent} recent cells plus one more`);
+        if (chunk > budgetCells - sinks - recent)
+            throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
     }
-    return { policy, variant, sinks, recent, threshold, budgetCells };
+    return { policy, variant, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, budgetCells };
+}
+
+/** The option object the patched addon reads (see patches/node-llama-cpp). */
+function toAddonParams(settings: KeepKvSettings) {
+    return {
+        policy: keepKvPolicies.indexOf(settings.policy),
+        variant: keepKvVariants.indexOf(settings.variant),
+        sinks: settings.sinks,
+        recent: settings.recent,
+        budget: settings.budgetCells ?? 0,
+        chunk: settings.chunk,
+        observed: settings.observed,
+        threshold: settings.threshold,
+        scoreDecay: settings.scoreDecay,
+        queryDecay: settings.queryDecay
+    };
 }
 
 export type KeepKvContextOptions = Omit<LlamaContextOptions, "contextSize"> & {
+    /** logical context per sequence, in tokens */
     contextSize: number,
     keepKv?: KeepKvOptions
 };
 
-/** Creates a context with KeepKV settings. */
+const contextSettings = new WeakMap<LlamaContext, KeepKvSettings>();
+
+type AddonSequenceStats = {
+    cells: number, budget: number, capacity: number, posMax: number, removed: number, mergedSlots: number,
+    evictedSlots: number, compressions: number, compressMs: number, voteMax: number, voteMean: number, kvBytesUsed: number
+};
+type AddonContextStats = {
+    streams: number, cellsPerStream: number, slotsPerCell: number, kvBytes: number, kvBytesPerCell: number, keepKvBytes: number
+};
+type AddonKeepKv = {
+    keepKvCompress(sequenceId: number, what: number | Int32Array): Promise<number>,
+    keepKvSelect(sequenceId: number, n: number): Int32Array,
+    keepKvGetSequenceStats(sequenceId: number): AddonSequenceStats | null,
+    keepKvGetContextStats(): AddonContextStats | null,
+    getOutputLogits(index: number): Float32Array | null,
+    keepKvSetVote(sequenceId: number, pos: number, layer: number, headKv: number, vote: number): boolean
+};
+
+function addonOf(context: LlamaContext): AddonKeepKv {
+    return (context as unknown as { _ctx: AddonKeepKv })._ctx;
+}
+
+function sequenceIdOf(sequence: LlamaContextSequence): number {
+    return (sequence as unknown as { _sequenceId: number })._sequenceId;
+}
+
+function llamaOf(model: LlamaModel): Llama {
+    return (model as unknown as { _llama: Llama })._llama;
+}
+
+const unsupportedModel = /not supported|no KV cache|recurrent|hybrid/;
+
+/** Creates a context with KeepKV settings; the policy applies to every sequence of the context. */
 export async function createKeepKvContext(model: LlamaModel, options: KeepKvContextOptions): Promise<LlamaContext> {
     const { keepKv, ...contextOptions } = options;
     const settings = resolveKeepKvSettings(keepKv ?? { policy: "off" }, options.contextSize);
-    if (settings.policy !== "off")
-        throw new KeepKvError("KEEPKV_FAILED", `policy "${settings.policy}" is not available in this build yet`);
-    return await model.createContext(contextOptions);
+
+    if (settings.policy === "off") {
+        const context = await model.createContext(contextOptions);
+        contextSettings.set(context, settings);
+        return context;
+    }
+
+    if (keepKvVersionOf(llamaOf(model)) == null)
+        throw new KeepKvError("KEEPKV_NOT_PATCHED", "this llama.cpp binary has no KeepKV: load it with loadPatchedLlama()");
+
+    let context: LlamaContext;
+    try {
+        context = await model.createContext({
+            ...contextOptions,
+            // node-llama-cpp sizes its memory checks for a full cache of the logical context; with a budget the
+            // cache is a fraction of that, and llama.cpp itself fails cleanly when memory runs out
+            ignoreMemorySafetyChecks: settings.budgetCells != null ? true : contextOptions.ignoreMemorySafetyChecks,
+            keepKv: toAddonParams(settings)
+        } as LlamaContextOptions);
+    } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        if (message.startsWith("KeepKV: "))
+            throw new KeepKvError(unsupportedModel.test(message) ? "KEEPKV_UNSUPPORTED_MODEL" : "KEEPKV_INVALID_OPTION", message);
+        throw err;
+    }
+    contextSettings.set(context, settings);
+    return context;
 }
 
-/** Per-sequence statistics. */
-export function keepKvSequenceStats(sequence: LlamaContextSequence): KeepKvSequenceStats {
-    const used = sequence.nextTokenIndex;
+/** The settings a context was created with ("off" for a context not made by createKeepKvContext). */
+export function keepKvSettingsOf(context: LlamaContext): KeepKvSettings {
+    return contextSettings.get(context) ?? resolveKeepKvSettings({ policy: "off" }, context.contextSize);
+}
+
+function requireEnabled(context: LlamaContext): void {
+    if (keepKvSettingsOf(context).policy === "off")
+        throw new KeepKvError("KEEPKV_NOT_ENABLED", "KeepKV is off on this context");
+}
+
+async function underContextLock<T>(context: LlamaContext, fn: () => T | Promise<T>): Promise<T> {
+    return await withLock([context as object, "context"], async () => await fn());
+}
+
+/**
+ * Removes `what` cells of a sequence now (a number: the policy chooses them), or exactly the cells at the
+ * given positions, with the context's policy. Returns how many cells left.
+ */
+export async function compressSequence(sequence: LlamaContextSequence, what: number | readonly number[]): Promise<number> {
+    requireEnabled(sequence.context);
+    if (typeof what === "number" && (!isInt(what) || what < 0))
+        throw new KeepKvError("KEEPKV_INVALID_OPTION", `the number of cells to remove must be an integer >= 0, got ${what}`);
+    return await underContextLock(sequence.context, async () => {
+        try {
+            return await addonOf(sequence.context).keepKvCompress(sequenceIdOf(sequence),
+                typeof what === "number" ? what : Int32Array.from(what));
+        } catch (err) {
+            throw new KeepKvError("KEEPKV_FAILED", err instanceof Error ? err.message : String(err));
+        }
+    });
+}
+
+/** The positions the policy would remove if `n` cells had to leave now, without removing them. */
+export async function selectForCompression(sequence: LlamaContextSequence, n: number): Promise<number[]> {
+    requireEnabled(sequence.context);
+    return await underContextLock(sequence.context, () => Array.from(addonOf(sequence.context).keepKvSelect(sequenceIdOf(sequence), n)));
+}
+
+/** The raw logits of an output of the last decoded batch (-1: the last one). For tests and tools. */
+export async function lastOutputLogits(context: LlamaContext, index = -1): Promise<Float32Array> {
+    return await underContextLock(context, () => {
+        const logits = addonOf(context).getOutputLogits(index);
+        if (logits == null)
+            throw new KeepKvError("KEEPKV_FAILED", `no logits for output ${index} of the last batch`);
+        return logits;
+    });
+}
+
+/** Sets the vote of the cell at `pos` of a sequence, in one layer and KV head. For tests and tools. */
+export async function setVote(sequence: LlamaContextSequence, pos: number, layer: number, headKv: number, vote: number): Promise<void> {
+    requireEnabled(sequence.context);
+    const ok = await underContextLock(sequence.context, () =>
+        addonOf(sequence.context).keepKvSetVote(sequenceIdOf(sequence), pos, layer, headKv, vote));
+    if (!ok)
+        throw new KeepKvError("KEEPKV_FAILED", `no cell at position ${pos} of sequence ${sequenceIdOf(sequence)}, or no layer ${layer} / KV head ${headKv}, or vote ${vote} <= 0`);
+}
+
+export type KeepKvSequenceStats = {
+    sequenceId: number,
+    /** tokens the sequence has seen (its next position) */
+    logicalTokens: number,
+    /** KV cells the sequence holds now */
+    cellsUsed: number,
+    /** its budget in cells, or null when there is none */
+    budget: number | null,
+    /** physical cells available to it (its stream) */
+    capacity: number,
+    /** K/V bytes its cells occupy */
+    kvBytesUsed: number,
+    /** cells that left by compression */
+    cellsRemoved: number,
+    /** leaving cells merged into a retained cell, in cell equivalents (merged layer-head slots / slots per cell) */
+    merges: number,
+    /** leaving cells dropped without a merge, in cell equivalents */
+    evictions: number,
+    /** compression events */
+    compressions: number,
+    /** time spent compressing, seconds */
+    compressionSeconds: number,
+    /** largest vote of any of its cells, layers and heads (1 for an uncompressed sequence) */
+    voteMax: number,
+    /** mean vote over its cells, layers and heads */
+    voteMean: number
+};
+
+export type KeepKvContextStats = {
+    policy: KeepKvPolicy,
+    /** physical KV cells of the context (all streams) */
+    capacityCells: number,
+    /** K/V bytes allocated */
+    kvBytesAllocated: number,
+    /** K/V bytes in use by cells that hold tokens */
+    kvBytesUsed: number,
+    /** K/V bytes a full cache of the logical context would allocate */
+    kvBytesFull: number,
+    /** bytes of the votes, scores and representative queries */
+    keepKvBytes: number,
+    cellsRemoved: number,
+    merges: number,
+    evictions: number,
+    compressions: number,
+    compressionSeconds: number,
+    sequences: KeepKvSequenceStats[]
+};
+
+function readSequenceStats(sequence: LlamaContextSequence, slotsPerCell: number): KeepKvSequenceStats {
+    const id = sequenceIdOf(sequence);
+    const native = keepKvSettingsOf(sequence.context).policy === "off" ? null : addonOf(sequence.context).keepKvGetSequenceStats(id);
+    if (native == null) {
+        const used = sequence.nextTokenIndex;
+        return {
+            sequenceId: id, logicalTokens: used, cellsUsed: used, budget: null, capacity: sequence.context.contextSize,
+            kvBytesUsed: 0, cellsRemoved: 0, merges: 0, evictions: 0, compressions: 0, compressionSeconds: 0, voteMax: 1, voteMean: 1
+        };
+    }
     return {
-        sequenceId: (sequence as unknown as { _sequenceId: number })._sequenceId,
-        logicalTokens: used,
-        cellsUsed: used,
-        budget: null,
-        capacity: sequence.context.contextSize,
-        kvBytesUsed: 0,
-        merges: 0,
-        evictions: 0,
-        compressions: 0,
-        compressionSeconds: 0,
-        voteMax: 1,
-        voteMean: 1
+        sequenceId: id,
+        logicalTokens: native.posMax + 1,
+        cellsUsed: native.cells,
+        budget: native.budget > 0 ? native.budget : null,
+        capacity: native.capacity,
+        kvBytesUsed: native.kvBytesUsed,
+        cellsRemoved: native.removed,
+        merges: slotsPerCell > 0 ? native.mergedSlots / slotsPerCell : 0,
+        evictions: slotsPerCell > 0 ? native.evictedSlots / slotsPerCell : 0,
+        compressions: native.compressions,
+        compressionSeconds: native.compressMs / 1000,
+        voteMax: native.voteMax,
+        voteMean: native.voteMean
     };
 }
 
-/** Context-wide statistics, with every sequence's. */
-export function keepKvContextStats(context: LlamaContext, sequences: readonly LlamaContextSequence[]): KeepKvContextStats {
-    const perSequence = sequences.map((s) => keepKvSequenceStats(s));
-    return {
-        policy: "off",
-        capacityCells: context.contextSize * context.totalSequences,
-        kvBytesAllocated: 0,
-        kvBytesUsed: 0,
-        kvBytesFull: 0,
-        merges: 0,
-        evictions: 0,
-        compressions: 0,
-        compressionSeconds: 0,
-        sequences: perSequence
-    };
+/** Per-sequence statistics, read under the context lock (host-side data only: cheap). */
+export async function keepKvSequenceStats(sequence: LlamaContextSequence): Promise<KeepKvSequenceStats> {
+    return await underContextLock(sequence.context, () => {
+        const ctx = keepKvSettingsOf(sequence.context).policy === "off" ? null : addonOf(sequence.context).keepKvGetContextStats();
+        return readSequenceStats(sequence, ctx?.slotsPerCell ?? 0);
+    });
+}
+
+/** Context-wide statistics, with the given sequences'. */
+export async function keepKvContextStats(context: LlamaContext, sequences: readonly LlamaContextSequence[]): Promise<KeepKvContextStats> {
+    const settings = keepKvSettingsOf(context);
+    return await underContextLock(context, () => {
+        const native = settings.policy === "off" ? null : addonOf(context).keepKvGetContextStats();
+        const perSequence = sequences.filter((s) => !s.disposed).map((s) => readSequenceStats(s, native?.slotsPerCell ?? 0));
+        const sum = (f: (s: KeepKvSequenceStats) => number) => perSequence.reduce((a, s) => a + f(s), 0);
+        const bytesPerCell = native?.kvBytesPerCell ?? 0;
+        return {
+            policy: settings.policy,
+            capacityCells: native != null ? native.streams * native.cellsPerStream : context.contextSize * context.totalSequences,
+            kvBytesAllocated: native?.kvBytes ?? 0,
+            kvBytesUsed: sum((s) => s.kvBytesUsed),
+            kvBytesFull: bytesPerCell * context.contextSize * context.totalSequences,
+            keepKvBytes: native?.keepKvBytes ?? 0,
+            cellsRemoved: sum((s) => s.cellsRemoved),
+            merges: sum((s) => s.merges),
+            evictions: sum((s) => s.evictions),
+            compressions: sum((s) => s.compressions),
+            compressionSeconds: sum((s) => s.compressionSeconds),
+            sequences: perSequence
+        };
+    });
 }

@@ -1,0 +1,276 @@
+// KeepKV in llama.cpp, against the real build and the real stories3M: equivalence with vanilla llama.cpp,
+// zero perturbation of ZIP merging, the GQA head mapping of the votes, votes as copies, and bad input.
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { Llama, LlamaCompletion, LlamaContextOptions, LlamaModel, Token } from "node-llama-cpp";
+import { allCases, measurePerturbation, PerturbationResult, promptTokens } from "../bench/lib/perturbation.js";
+import { makeMhaCopy } from "../scripts/lib/gguf-mha.js";
+import {
+    compressSequence, createKeepKvContext, KeepKvError, keepKvSequenceStats, resolveKeepKvSettings, setVote
+} from "../server/engine/keepkv.js";
+import { loadPatchedLlama, loadVanillaLlama } from "../server/engine/llama-loader.js";
+import { corpusPath, defaultModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
+import { maxAbsDiff, rawCopyCells, rawDecode, rawRemoveCells } from "./helpers/raw-context.js";
+
+const f16ModelPath = () => requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
+
+describe("KeepKV core", function () {
+    let llama: Llama;
+    let model: LlamaModel;
+    let text: string;
+    let tmp: string;
+
+    before(async function () {
+        llama = await loadPatchedLlama();
+        model = await llama.loadModel({ modelPath: requireFile(defaultModelPath(), "model", "KEEPKV_MODEL") });
+        text = fs.readFileSync(requireFile(corpusPath(), "corpus", "KEEPKV_CORPUS"), "utf8");
+        tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-core-"));
+    });
+
+    after(async function () {
+        await model?.dispose();
+        await llama?.dispose();
+        fs.rmSync(tmp, { recursive: true, force: true });
+    });
+
+    describe("with all votes 1 it is vanilla llama.cpp", function () {
+        let vanilla: Llama;
+        let vanillaModel: LlamaModel;
+
+        before(async function () {
+            vanilla = await loadVanillaLlama();
+            vanillaModel = await vanilla.loadModel({ modelPath: defaultModelPath() });
+        });
+        after(async function () {
+            await vanillaModel?.dispose();
+            await vanilla?.dispose();
+        });
+
+        async function run(m: LlamaModel, policy: "off" | "keepkv" | null, flashAttention: boolean) {
+            // one thread: on a busy 2-core machine two spinning ggml threads are many times slower
+            const options = { contextSize: 512, batchSize: 512, flashAttention, threads: 1 };
+            const context = policy == null
+                ? await m.createContext(options)
+                : await createKeepKvContext(m, { ...options, keepKv: { policy } });
+            const sequence = context.getSequence();
+            const tokens = promptTokens(m, text, 200);
+            const out = await sequence.controlledEvaluate(tokens.map((t, i) =>
+                i === tokens.length - 1 ? [t, { generateNext: { probabilities: true, options: { temperature: 1 } } }] : t));
+            const probabilities = out[out.length - 1]!.next.probabilities!;
+            await sequence.clearHistory();
+            const completion = new LlamaCompletion({ contextSequence: sequence });
+            const generated = await completion.generateCompletion(m.detokenize(tokens.slice(0, 50)), { maxTokens: 200, temperature: 0 });
+            await context.dispose();
+            return { probabilities, generated };
+        }
+
+        function maxLogProbDiff(a: Map<Token, number>, b: Map<Token, number>): number {
+            let max = 0;
+            for (const [token, p] of a) {
+                const q = b.get(token) ?? 0;
+                if (p > 1e-30 && q > 1e-30)
+                    max = Math.max(max, Math.abs(Math.log(p) - Math.log(q)));
+                else
+                    assert.ok(p <= 1e-30 && q <= 1e-30, `token ${token}: ${p} vs ${q}`);
+            }
+            return max;
+        }
+
+        for (const flashAttention of [false, true]) {
+            it(`off and keepkv before any compression generate what the vanilla binary does (flash attention ${flashAttention ? "on" : "off"})`, async function () {
+                const reference = await run(vanillaModel, null, flashAttention);
+                for (const policy of ["off", "keepkv"] as const) {
+                    const ours = await run(model, policy, flashAttention);
+                    assert.equal(ours.generated, reference.generated, `${policy}: the same 200 greedy tokens`);
+                    // the vanilla binary only exposes probabilities: log-probabilities are the logits up to a constant
+                    // (measured here: 0, the same SIMD code paths)
+                    const diff = maxLogProbDiff(ours.probabilities, reference.probabilities);
+                    assert.ok(diff <= 1e-3, `${policy}: last-token log-probabilities within 1e-3 of vanilla, got ${diff}`);
+                }
+            });
+        }
+    });
+
+    describe("zero perturbation", function () {
+        const byCase = (results: PerturbationResult[], policy: string, variant: string | null = null) =>
+            results.find((r) => r.policy === policy && r.variant === variant)!;
+
+        it("ZIP merging leaves the output unchanged where it can: one query head per KV head (f16 cache)", async function () {
+            // the same model with every KV head repeated for each query head of its group: the same function,
+            // but each KV head now serves one query, for which ZIP merging is exact
+            const mhaPath = path.join(tmp, "stories3M-q8_0-mha.gguf");
+            makeMhaCopy(defaultModelPath(), mhaPath);
+            const mha = await llama.loadModel({ modelPath: mhaPath });
+            try {
+                const tokens = promptTokens(mha, text, 300);
+                // threshold 1e-6: every leaving cell merges, so the comparison is of merging against eviction
+                const { results } = await measurePerturbation({
+                    model: mha, tokens, removeFraction: 0.25, flashAttention: false, cacheType: "f16", threshold: 1e-6, threads: 1
+                });
+                const evict = byCase(results, "evict");
+                const naive = byCase(results, "merge-naive");
+                assert.equal(evict.cellsRemoved, 75);
+                for (const variant of ["paper", "votes", "key"]) {
+                    const k = byCase(results, "keepkv", variant);
+                    assert.equal(k.cellsRemoved, 75);
+                    assert.equal(k.evictions, 0, "every leaving cell merged");
+                    assert.ok(k.maxAbsLogitDiff <= 1e-2, `keepkv/${variant}: ${k.maxAbsLogitDiff} <= 1e-2`);
+                    assert.ok(k.maxAbsLogitDiff * 100 <= evict.maxAbsLogitDiff, `keepkv/${variant} ${k.maxAbsLogitDiff} vs evict ${evict.maxAbsLogitDiff}`);
+                    assert.ok(k.maxAbsLogitDiff * 10 <= naive.maxAbsLogitDiff, `keepkv/${variant} ${k.maxAbsLogitDiff} vs merge-naive ${naive.maxAbsLogitDiff}`);
+                }
+            } finally {
+                await mha.dispose();
+            }
+        });
+
+        // grouped-query attention: the query heads of a group share one merged value, so no merge is exact for
+        // all of them; keepkv keeps the attention mass of every head exact and picks the value that moves the
+        // outputs least. Bounds below are the measured values with margin (see README, "Perturbation").
+        const gqaCases = [
+            { flashAttention: false, cacheType: "f16", maxAbs: 0.03, ratioEvict: 5, ratioNaive: 5, klRatio: 10 },
+            { flashAttention: true, cacheType: "f16", maxAbs: 0.04, ratioEvict: 4, ratioNaive: 4, klRatio: 10 },
+            { flashAttention: true, cacheType: "q8_0", maxAbs: 0.1, ratioEvict: 2, ratioNaive: 2, klRatio: 2 }
+        ] as const;
+        for (const c of gqaCases) {
+            it(`keepkv moves stories3M's logits far less than evict and merge-naive (GQA, ${c.cacheType} cache, flash attention ${c.flashAttention ? "on" : "off"})`, async function () {
+                const f16 = await llama.loadModel({ modelPath: f16ModelPath() });
+                try {
+                    const tokens = promptTokens(f16, text, 300);
+                    const { results } = await measurePerturbation({
+                        model: f16, tokens, removeFraction: 0.25, flashAttention: c.flashAttention, cacheType: c.cacheType, threshold: 1e-6, threads: 1,
+                        cases: allCases.filter((x) => x.policy !== "window")
+                    });
+                    const evict = byCase(results, "evict");
+                    const naive = byCase(results, "merge-naive");
+                    const k = byCase(results, "keepkv", "key");
+                    assert.ok(k.maxAbsLogitDiff <= c.maxAbs, `keepkv ${k.maxAbsLogitDiff} <= ${c.maxAbs}`);
+                    assert.ok(k.maxAbsLogitDiff * c.ratioEvict <= evict.maxAbsLogitDiff, `keepkv ${k.maxAbsLogitDiff} vs evict ${evict.maxAbsLogitDiff}`);
+                    assert.ok(k.maxAbsLogitDiff * c.ratioNaive <= naive.maxAbsLogitDiff, `keepkv ${k.maxAbsLogitDiff} vs merge-naive ${naive.maxAbsLogitDiff}`);
+                    assert.ok(k.klDivergence * c.klRatio <= evict.klDivergence, `KL keepkv ${k.klDivergence} vs evict ${evict.klDivergence}`);
+                } finally {
+                    await f16.dispose();
+                }
+            });
+        }
+    });
+
+    describe("votes", function () {
+        const promptLength = 120;
+        const voted = [10, 11, 12, 40, 41, 77];
+
+        async function logitsWithVotes(m: LlamaModel, votes: { head: number, layers: number[] }[], vote: number) {
+            const context = await createKeepKvContext(m, { contextSize: 512, batchSize: 512, flashAttention: false, threads: 1, keepKv: { policy: "keepkv" } });
+            const sequence = context.getSequence();
+            const tokens = promptTokens(m, text, promptLength + 1);
+            await rawDecode(context, 0, 0, tokens.slice(0, promptLength));
+            for (const { head, layers } of votes)
+                for (const layer of layers)
+                    for (const pos of voted)
+                        await setVote(sequence, pos, layer, head, vote);
+            const logits = await rawDecode(context, 0, promptLength, [tokens[promptLength]!]);
+            await context.dispose();
+            return logits;
+        }
+
+        it("a vote on a KV head biases exactly the query heads of its group (GQA mapping)", async function () {
+            // stories3M: 6 query heads, 2 KV heads. Its MHA copy repeats KV head g as heads 3g, 3g+1, 3g+2.
+            const mhaPath = path.join(tmp, "stories3M-q8_0-mha-votes.gguf");
+            makeMhaCopy(defaultModelPath(), mhaPath);
+            const mha = await llama.loadModel({ modelPath: mhaPath });
+            try {
+                const layers = [0, 1, 2, 3, 4, 5];
+                const gqa = await logitsWithVotes(model, [{ head: 1, layers }], 5);
+                const right = await logitsWithVotes(mha, [3, 4, 5].map((head) => ({ head, layers })), 5);
+                const wrong = await logitsWithVotes(mha, [1, 3, 5].map((head) => ({ head, layers })), 5); // h % n_head_kv == 1
+                const none = await logitsWithVotes(model, [], 5);
+                assert.ok(maxAbsDiff(gqa, none) > 1e-2, "the votes change the output");
+                assert.ok(maxAbsDiff(gqa, right) <= 1e-4, `KV head 1 biases query heads 3-5: ${maxAbsDiff(gqa, right)}`);
+                assert.ok(maxAbsDiff(gqa, wrong) > 1e-2, "a modulo mapping (heads 1, 3, 5) gives something else");
+            } finally {
+                await mha.dispose();
+            }
+        });
+
+        it("a cell with p votes attends like p identical copies of it", async function () {
+            // copies: a unified cache where sequences 1 and 2 hold the same prefix and sequence 0 owns both
+            const tokens = promptTokens(model, text, promptLength + 1);
+            const m = 40; // the first m positions exist twice
+            const copies = await model.createContext({
+                contextSize: 512, batchSize: 512, sequences: 3, flashAttention: false, threads: 1,
+                keepKv: { policy: 0, unifiedKvCache: true }
+            } as LlamaContextOptions);
+            await rawDecode(copies, 1, 0, tokens.slice(0, promptLength));
+            await rawDecode(copies, 2, 0, tokens.slice(0, m));
+            await rawCopyCells(copies, 1, 0);
+            await rawCopyCells(copies, 2, 0);
+            const withCopies = await rawDecode(copies, 0, promptLength, [tokens[promptLength]!]);
+            await copies.dispose();
+
+            // votes: one copy, with 2 votes in every layer and head
+            const context = await createKeepKvContext(model, { contextSize: 512, batchSize: 512, flashAttention: false, threads: 1, keepKv: { policy: "keepkv" } });
+            const sequence = context.getSequence();
+            await rawDecode(context, 0, 0, tokens.slice(0, promptLength));
+            const plain = await rawDecode(context, 0, promptLength, [tokens[promptLength]!]);
+            await rawRemoveCells(context, 0, promptLength, promptLength + 1);
+            for (let pos = 0; pos < m; pos++)
+                for (let layer = 0; layer < 6; layer++)
+                    for (let head = 0; head < 2; head++)
+                        await setVote(sequence, pos, layer, head, 2);
+            const withVotes = await rawDecode(context, 0, promptLength, [tokens[promptLength]!]);
+            await context.dispose();
+
+            assert.ok(maxAbsDiff(withCopies, plain) > 1e-2, "the copies change the output");
+            assert.ok(maxAbsDiff(withVotes, withCopies) <= 1e-3, `2 votes = 2 copies: ${maxAbsDiff(withVotes, withCopies)}`);
+        });
+    });
+
+    describe("bad input", function () {
+        it("invalid parameters are refused with an error that names the option", async function () {
+            const cases: [object, string][] = [
+                [{ policy: "squash" }, "policy"],
+                [{ variant: "magic" }, "variant"],
+                [{ threshold: 0 }, "threshold"],
+                [{ threshold: 1.5 }, "threshold"],
+                [{ sinks: -1 }, "sinks"],
+                [{ budget: 30, sinks: 4, recent: 32 }, "budget"],
+                [{ budget: 4096 }, "budget"],
+                [{ budget: 2.5 }, "budget"],
+                [{ policy: "off", budget: 64 }, "budget"],
+                [{ scoreDecay: 1 }, "scoreDecay"]
+            ];
+            for (const [options, option] of cases) {
+                assert.throws(() => resolveKeepKvSettings(options, 512), (err: unknown) =>
+                    err instanceof KeepKvError && err.code === "KEEPKV_INVALID_OPTION" && err.option === option,
+                `${JSON.stringify(options)} is refused naming ${option}`);
+                await assert.rejects(createKeepKvContext(model, { contextSize: 512, keepKv: options }), KeepKvError);
+            }
+        });
+
+        it("llama.cpp itself refuses invalid parameters that bypass the TypeScript checks", async function () {
+            const raw = (keepKv: object) => model.createContext({ contextSize: 512, batchSize: 64, keepKv } as LlamaContextOptions);
+            await assert.rejects(raw({ policy: 9 }), /KeepKV: unknown policy/);
+            await assert.rejects(raw({ policy: 4, threshold: 2 }), /KeepKV: the similarity threshold/);
+            await assert.rejects(raw({ policy: 4, budget: 20, sinks: 4, recent: 32 }), /KeepKV: a budget of 20 cells/);
+            await assert.rejects(raw({ policy: 0, budget: 64 }), /KeepKV: a KV budget needs a compression policy/);
+        });
+
+        it("compression is refused on a context without KeepKV, and for cells that may not leave", async function () {
+            const off = await createKeepKvContext(model, { contextSize: 512, keepKv: { policy: "off" } });
+            await assert.rejects(compressSequence(off.getSequence(), 10), (err: unknown) => err instanceof KeepKvError && err.code === "KEEPKV_NOT_ENABLED");
+            await off.dispose();
+
+            const context = await createKeepKvContext(model, { contextSize: 512, keepKv: { policy: "keepkv" } });
+            const sequence = context.getSequence();
+            await sequence.evaluateWithoutGeneratingNewTokens(promptTokens(model, text, 100));
+            await assert.rejects(compressSequence(sequence, [0]), /KeepKV compression failed/, "a sink may not leave");
+            await assert.rejects(compressSequence(sequence, [99]), /KeepKV compression failed/, "a recent cell may not leave");
+            await assert.rejects(compressSequence(sequence, -1), KeepKvError);
+            assert.equal((await keepKvSequenceStats(sequence)).cellsUsed, 100, "nothing was removed");
+            assert.equal(await compressSequence(sequence, 10), 10);
+            assert.equal((await keepKvSequenceStats(sequence)).cellsUsed, 90);
+            await context.dispose();
+        });
+    });
+});
