@@ -1,52 +1,64 @@
-// Placeholder server: loads the patched build and the default model, answers /health and a plain
-// completion. The real server (engine supervision, WebSocket, OpenAI API, metrics) replaces it.
-import express from "express";
-import { LlamaCompletion } from "node-llama-cpp";
-import { keepKvVersionOf, loadPatchedLlama } from "./engine/llama-loader.js";
-import { defaultModelPath, requireFile } from "./engine/model-paths.js";
+// `npm start -- [options]`: the keepkv server.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { ConfigError, loadConfig } from "./config/load-config.js";
+import { optionDecls, optionKeys } from "./config/options.js";
+import { helpText } from "./config/options-doc.js";
+import { EngineStartError } from "./engine/supervisor.js";
+import { Logger } from "./logger.js";
+import { startServer } from "./server.js";
+import { repoRoot } from "../scripts/lib/paths.js";
+
+/** exit within this long after SIGTERM/SIGINT, whatever hangs */
+const exitBoundExtraMs = 15_000;
+
+function version(): string {
+    const pkg = JSON.parse(fs.readFileSync(path.join(repoRoot, "package.json"), "utf8")) as { version: string };
+    return pkg.version;
+}
 
 async function main(): Promise<void> {
-    const port = Number(process.env.KEEPKV_PORT ?? 8080);
-    const host = process.env.KEEPKV_HOST ?? "127.0.0.1";
-    const modelPath = requireFile(defaultModelPath(), "model", "KEEPKV_MODEL");
-
-    let ready = false;
-    const app = express();
-    app.use(express.json({ limit: "1mb" }));
-    app.get("/health", (_req, res) => {
-        if (!ready)
-            res.status(503).json({ error: { code: 503, message: "Loading model", type: "unavailable_error" } });
-        else
-            res.json({ status: "ok" });
-    });
-    const server = app.listen(port, host, () => process.stderr.write(`keepkv listening on http://${host}:${port}\n`));
-
-    const llama = await loadPatchedLlama();
-    const model = await llama.loadModel({ modelPath });
-    const context = await model.createContext({ contextSize: 512 });
-    const completion = new LlamaCompletion({ contextSequence: context.getSequence() });
-    ready = true;
-    process.stderr.write(`keepkv: ${keepKvVersionOf(llama)}, model ${modelPath}\n`);
-
-    app.post("/v1/completions", async (req, res) => {
-        const prompt = typeof req.body?.prompt === "string" ? req.body.prompt : null;
-        if (prompt == null) {
-            res.status(400).json({ error: { code: 400, message: "prompt must be a string", type: "invalid_request_error" } });
+    const loaded = loadConfig(process.argv.slice(2));
+    switch (loaded.action.action) {
+        case "help":
+            process.stdout.write(helpText());
+            return;
+        case "version":
+            process.stdout.write(`keepkv ${version()}\n`);
+            return;
+        case "print-config": {
+            const shown = Object.fromEntries(optionKeys.map((k) =>
+                [k, optionDecls[k].secret === true && loaded.config[k] != null ? "(set)" : loaded.config[k]]));
+            process.stdout.write(JSON.stringify(shown, null, 2) + "\n");
             return;
         }
-        const text = await completion.generateCompletion(prompt, { maxTokens: Number(req.body.max_tokens ?? 32) });
-        res.json({ object: "text_completion", choices: [{ index: 0, text, finish_reason: "length" }] });
-    });
+    }
+    const log = new Logger(loaded.config.logLevel);
+    const server = await startServer(loaded, log);
 
-    const stop = () => {
-        server.close();
-        void llama.dispose().finally(() => process.exit(0));
+    let stopping = false;
+    const stop = (signal: string) => {
+        if (stopping)
+            return;
+        stopping = true;
+        log.info("signal", { signal });
+        setTimeout(() => {
+            log.error("shutdown took too long, exiting anyway");
+            process.exit(0);
+        }, loaded.config.shutdownGrace * 1000 + exitBoundExtraMs).unref();
+        server.shutdown().then(() => process.exit(0), (err: unknown) => {
+            log.error("shutdown failed", { error: (err as Error).message });
+            process.exit(0);
+        });
     };
-    process.on("SIGTERM", stop);
-    process.on("SIGINT", stop);
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
 }
 
 main().catch((err: unknown) => {
-    process.stderr.write(`keepkv: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(1);
+    if (err instanceof ConfigError || err instanceof EngineStartError)
+        process.stderr.write(`keepkv: ${err.message}\n`);
+    else
+        process.stderr.write(`keepkv: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+    process.exit(err instanceof ConfigError ? 2 : 1);
 });

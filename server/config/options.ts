@@ -1,0 +1,291 @@
+// Every user-facing server option, declared once: its JSON key, command-line flag, environment variable,
+// JSON schema (validated by ajv), default and documentation. The CLI help, the README table and the
+// config-file schema are all generated from this table.
+import * as path from "node:path";
+import {
+    keepKvDefaults, keepKvOptionDocs, keepKvPolicies, keepKvVariants, type KeepKvPolicy, type KeepKvVariant
+} from "../engine/keepkv.js";
+import { defaultModelPath } from "../engine/model-paths.js";
+
+export const kvCacheTypes = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] as const;
+export type KvCacheType = typeof kvCacheTypes[number];
+
+export const chatTemplateModes = ["auto", "plain", "general"] as const;
+export type ChatTemplateMode = typeof chatTemplateModes[number];
+
+export const flashAttentionModes = ["off", "on", "auto"] as const;
+export type FlashAttentionMode = typeof flashAttentionModes[number];
+
+export const logLevels = ["error", "warn", "info", "debug"] as const;
+export type LogLevel = typeof logLevels[number];
+
+/** The resolved configuration: every option has a value. */
+export type ServerConfig = {
+    host: string,
+    port: number,
+    logLevel: LogLevel,
+    model: string,
+    modelsDir: string,
+    contextSize: number,
+    sequences: number,
+    batchSize: number,
+    threads: number,
+    gpuLayers: number,
+    flashAttention: FlashAttentionMode,
+    cacheTypeK: KvCacheType,
+    cacheTypeV: KvCacheType,
+    chatTemplate: ChatTemplateMode,
+    policy: KeepKvPolicy,
+    variant: KeepKvVariant,
+    budget: number | null,
+    sinks: number,
+    recent: number,
+    threshold: number,
+    chunk: number,
+    observed: number,
+    scoreDecay: number,
+    queryDecay: number,
+    maxQueue: number,
+    queueTimeout: number,
+    maxTokens: number,
+    maxPromptTokens: number,
+    maxMessageBytes: number,
+    maxRequestsPerSocket: number,
+    conversationIdle: number,
+    engineStallTimeout: number,
+    shutdownGrace: number,
+    wsPingInterval: number,
+    wsMaxBufferedBytes: number,
+    apiKey: string | null,
+    metricsApiKey: string | null,
+    allowedOrigins: string[]
+};
+
+export type OptionGroup = "server" | "model" | "keepkv" | "limits" | "security";
+
+/** A JSON-schema fragment for one option (the subset the loader and the docs understand). */
+export type OptionSchema = {
+    type: "string" | "integer" | "number" | "boolean" | "array" | ["number", "null"] | ["string", "null"],
+    enum?: readonly string[],
+    minimum?: number,
+    maximum?: number,
+    exclusiveMinimum?: number,
+    exclusiveMaximum?: number,
+    minLength?: number,
+    items?: { type: "string", minLength?: number }
+};
+
+export type OptionDecl<T> = {
+    group: OptionGroup,
+    schema: OptionSchema,
+    default: T | (() => T),
+    /** how the default reads in the docs when it is computed or special */
+    defaultDoc?: string,
+    /** what the option does, with its unit */
+    doc: string,
+    /** values the docs should not print (secrets) */
+    secret?: boolean
+};
+
+const seconds = (doc: string) => `${doc} Seconds.`;
+const capitalize = (doc: string) => doc.charAt(0).toUpperCase() + doc.slice(1);
+
+/**
+ * The declarations. The record type makes the compiler check that every key of ServerConfig is declared
+ * exactly once, with a default of the right type.
+ */
+export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K]> } = {
+    host: {
+        group: "server", schema: { type: "string", minLength: 1 }, default: "127.0.0.1",
+        doc: "Address to bind. The default accepts connections from this machine only; use 0.0.0.0 to listen on all interfaces."
+    },
+    port: {
+        group: "server", schema: { type: "integer", minimum: 0, maximum: 65535 }, default: 8080,
+        doc: "TCP port for HTTP and WebSocket. 0 picks a free port (printed at startup)."
+    },
+    logLevel: {
+        group: "server", schema: { type: "string", enum: logLevels }, default: "info",
+        doc: "Least severe log level written to stderr. Prompts and generated text are never logged."
+    },
+    model: {
+        group: "model", schema: { type: "string", minLength: 1 }, default: () => defaultModelPath(),
+        defaultDoc: "`../shared/models/stories3M-q8_0.gguf`",
+        doc: "GGUF model loaded at startup: a path, or a file name inside the models directory."
+    },
+    modelsDir: {
+        group: "model", schema: { type: "string" }, default: "",
+        defaultDoc: "the model's folder",
+        doc: "Folder scanned for `.gguf` files (`GET /v1/models`); models selected at runtime must be in it."
+    },
+    contextSize: {
+        group: "model", schema: { type: "integer", minimum: 0 }, default: 0,
+        defaultDoc: "0 (the model's training context, at most 4096)",
+        doc: "Logical context of each sequence, in tokens (prompt plus generated tokens)."
+    },
+    sequences: {
+        group: "model", schema: { type: "integer", minimum: 1, maximum: 256 }, default: 4,
+        doc: "Sequences (parallel slots) in the context: how many requests generate at once. More wait in the queue."
+    },
+    batchSize: {
+        group: "model", schema: { type: "integer", minimum: 1 }, default: 512,
+        doc: "Tokens per evaluation batch."
+    },
+    threads: {
+        group: "model", schema: { type: "integer", minimum: 0 }, default: 0,
+        defaultDoc: "0 (all cores)",
+        doc: "CPU threads for evaluation. On a machine that is busy with other work, 1 can be much faster than oversubscribed cores."
+    },
+    gpuLayers: {
+        group: "model", schema: { type: "integer", minimum: -1 }, default: -1,
+        defaultDoc: "-1 (automatic)",
+        doc: "Model layers offloaded to the GPU (builds with a GPU backend only)."
+    },
+    flashAttention: {
+        group: "model", schema: { type: "string", enum: flashAttentionModes }, default: "off",
+        doc: "Flash attention: off, on or auto. A quantized V cache needs it on."
+    },
+    cacheTypeK: {
+        group: "model", schema: { type: "string", enum: kvCacheTypes }, default: "f16",
+        doc: "Data type of the K cache."
+    },
+    cacheTypeV: {
+        group: "model", schema: { type: "string", enum: kvCacheTypes }, default: "f16",
+        doc: "Data type of the V cache."
+    },
+    chatTemplate: {
+        group: "model", schema: { type: "string", enum: chatTemplateModes }, default: "auto",
+        doc: "How chat messages become a prompt: `auto` uses the model's own chat template when its GGUF has one and `plain` otherwise; "
+            + "`plain` joins the message texts with blank lines, for text-continuation models such as TinyStories; "
+            + "`general` uses node-llama-cpp's GeneralChatWrapper (`### Human:` / `### Assistant:`)."
+    },
+    // the KeepKV options: documented once in keepkv.ts, validated again there against the context size
+    policy: {
+        group: "keepkv", schema: { type: "string", enum: keepKvPolicies }, default: "off",
+        doc: `KV-cache compression policy of every sequence: ${keepKvOptionDocs.policy.doc} The server defaults to off: a policy compresses only with a budget.`
+    },
+    variant: {
+        group: "keepkv", schema: { type: "string", enum: keepKvVariants }, default: keepKvDefaults.variant,
+        doc: keepKvOptionDocs.variant.doc
+    },
+    budget: {
+        group: "keepkv", schema: { type: ["number", "null"], exclusiveMinimum: 0 }, default: keepKvDefaults.budget,
+        defaultDoc: "none",
+        doc: `${keepKvOptionDocs.budget.doc} \`none\`: no automatic compression.`
+    },
+    sinks: {
+        group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.sinks,
+        doc: capitalize(keepKvOptionDocs.sinks.doc)
+    },
+    recent: {
+        group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.recent,
+        doc: capitalize(keepKvOptionDocs.recent.doc)
+    },
+    threshold: {
+        group: "keepkv", schema: { type: "number", exclusiveMinimum: 0, maximum: 1 }, default: keepKvDefaults.threshold,
+        doc: capitalize(keepKvOptionDocs.threshold.doc)
+    },
+    chunk: {
+        group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.chunk,
+        defaultDoc: "0 (budget/16)",
+        doc: capitalize(keepKvOptionDocs.chunk.doc)
+    },
+    observed: {
+        group: "keepkv", schema: { type: "integer", minimum: 1 }, default: keepKvDefaults.observed,
+        doc: capitalize(keepKvOptionDocs.observed.doc)
+    },
+    scoreDecay: {
+        group: "keepkv", schema: { type: "number", minimum: 0, exclusiveMaximum: 1 }, default: keepKvDefaults.scoreDecay,
+        doc: capitalize(keepKvOptionDocs.scoreDecay.doc)
+    },
+    queryDecay: {
+        group: "keepkv", schema: { type: "number", minimum: 0, exclusiveMaximum: 1 }, default: keepKvDefaults.queryDecay,
+        doc: capitalize(keepKvOptionDocs.queryDecay.doc)
+    },
+    maxQueue: {
+        group: "limits", schema: { type: "integer", minimum: 0 }, default: 64,
+        doc: "Requests that may wait for a free sequence; beyond it requests are refused with `queue_full`."
+    },
+    queueTimeout: {
+        group: "limits", schema: { type: "number", exclusiveMinimum: 0 }, default: 60,
+        doc: seconds("Longest wait in the queue before a request fails with `queue_timeout`.")
+    },
+    maxTokens: {
+        group: "limits", schema: { type: "integer", minimum: 0 }, default: 0,
+        defaultDoc: "0 (up to the context size)",
+        doc: "Upper limit of `max_tokens`, and its value when a request leaves it out."
+    },
+    maxPromptTokens: {
+        group: "limits", schema: { type: "integer", minimum: 0 }, default: 0,
+        defaultDoc: "0 (context size - 1)",
+        doc: "Longest accepted prompt in tokens; longer prompts fail with `prompt_too_long`."
+    },
+    maxMessageBytes: {
+        group: "limits", schema: { type: "integer", minimum: 1024 }, default: 1048576,
+        doc: "Largest WebSocket message and HTTP body in bytes. A larger WebSocket frame closes the socket with code 1009."
+    },
+    maxRequestsPerSocket: {
+        group: "limits", schema: { type: "integer", minimum: 1 }, default: 16,
+        doc: "Requests one WebSocket may have in flight; more fail with `too_many_requests`."
+    },
+    conversationIdle: {
+        group: "limits", schema: { type: "number", minimum: 0 }, default: 300,
+        doc: seconds("How long an idle conversation keeps its sequence (and its cache) reserved. An idle conversation also loses its sequence earlier when a new request needs one and none is free (least recently used first).")
+    },
+    engineStallTimeout: {
+        group: "limits", schema: { type: "number", minimum: 0 }, default: 120,
+        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted. 0 disables the check.")
+    },
+    shutdownGrace: {
+        group: "limits", schema: { type: "number", minimum: 0 }, default: 5,
+        doc: seconds("On SIGTERM/SIGINT, how long running requests may still finish before they end with finish reason `shutdown`.")
+    },
+    wsPingInterval: {
+        group: "limits", schema: { type: "number", exclusiveMinimum: 0 }, default: 30,
+        doc: seconds("WebSocket ping interval; a client that misses a pong for one interval is disconnected.")
+    },
+    wsMaxBufferedBytes: {
+        group: "limits", schema: { type: "integer", minimum: 1024 }, default: 4194304,
+        doc: "Bytes a WebSocket client may leave unread. Token deltas are coalesced while it lags; beyond this it is disconnected (close code 1008)."
+    },
+    apiKey: {
+        group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null, secret: true,
+        defaultDoc: "none",
+        doc: "Bearer token required by every endpoint except `/health` (HTTP `Authorization: Bearer ...`; WebSocket: the same header or a first `auth` message)."
+    },
+    metricsApiKey: {
+        group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null, secret: true,
+        defaultDoc: "none (`/metrics` uses `api-key`)",
+        doc: "Separate bearer token for `/metrics`, so that Prometheus does not need the API key."
+    },
+    allowedOrigins: {
+        group: "security", schema: { type: "array", items: { type: "string", minLength: 1 } }, default: [],
+        defaultDoc: "none (same origin only)",
+        doc: "Browser origins allowed to call the API and open WebSockets (comma-separated on the command line; `*` allows all). Requests without an Origin header are always allowed."
+    }
+};
+
+export const optionKeys = Object.keys(optionDecls) as (keyof ServerConfig)[];
+
+/** `contextSize` -> `--context-size` */
+export function flagOf(key: string): string {
+    return "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+}
+
+/** `contextSize` -> `KEEPKV_CONTEXT_SIZE` */
+export function envOf(key: string): string {
+    return "KEEPKV_" + key.replace(/[A-Z]/g, (c) => "_" + c).toUpperCase();
+}
+
+export function defaultOf<K extends keyof ServerConfig>(key: K): ServerConfig[K] {
+    const value = optionDecls[key].default;
+    return typeof value === "function" ? (value as () => ServerConfig[K])() : value;
+}
+
+/** The option that names the JSON config file: command line or environment only. */
+export const configFileFlag = "--config";
+export const configFileEnv = "KEEPKV_CONFIG";
+
+/** The models folder in effect: the option, or the model's own folder. */
+export function effectiveModelsDir(config: Pick<ServerConfig, "model" | "modelsDir">): string {
+    return config.modelsDir !== "" ? path.resolve(config.modelsDir) : path.dirname(path.resolve(config.model));
+}

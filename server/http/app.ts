@@ -1,0 +1,231 @@
+// The HTTP API (express): health and readiness, models, admin, metrics, schemas, and the OpenAI routes.
+// Thin: each route asks the scheduler, the engine supervisor or the catalog, and answers.
+import express, { type NextFunction, type Request, type Response } from "express";
+import type { ServerConfig } from "../config/options.js";
+import type { EngineSupervisor } from "../engine/supervisor.js";
+import type { ServerMetrics } from "../metrics/metrics.js";
+import type { ModelCatalog } from "../models/model-catalog.js";
+import type { ModelSwitcher } from "../models/model-switcher.js";
+import { ApiError, toWireError } from "../protocol/errors.js";
+import { describeSchemaError, schemas, validators } from "../protocol/schemas.js";
+import type { Scheduler } from "../scheduler/scheduler.js";
+import { authorized, originAllowed } from "./auth.js";
+import { addOpenAiRoutes, sendError } from "./openai-routes.js";
+
+export type AppDeps = {
+    config: ServerConfig,
+    scheduler: Scheduler,
+    engine: EngineSupervisor,
+    metrics: ServerMetrics,
+    catalog: ModelCatalog,
+    switcher: ModelSwitcher,
+    /** the model path given at startup (listed even when outside the models folder) */
+    startupModel: string,
+    isShuttingDown: () => boolean
+};
+
+function engineReport(engine: EngineSupervisor) {
+    const exit = engine.lastExit;
+    return {
+        state: engine.state,
+        pid: engine.pid,
+        restarts: engine.restarts,
+        rss_bytes: engine.rssBytes,
+        last_exit: exit == null ? null : { reason: exit.reason, code: exit.code, signal: exit.signal, at: exit.at }
+    };
+}
+
+export function createApp(deps: AppDeps): express.Express {
+    const { config, scheduler, engine, metrics, catalog, switcher } = deps;
+    const app = express();
+    app.disable("x-powered-by");
+    app.set("etag", false);
+
+    // browsers: only allowed origins; the preflight is answered here
+    app.use((req: Request, res: Response, next: NextFunction) => {
+        const origin = req.headers.origin;
+        if (!originAllowed(origin, req.headers.host, config.allowedOrigins)) {
+            metrics.requestRefused("forbidden_origin");
+            sendError(res, { code: "forbidden_origin", message: `origin ${origin} is not allowed (allowed-origins)` });
+            return;
+        }
+        if (origin != null) {
+            res.set("Access-Control-Allow-Origin", origin);
+            res.set("Vary", "Origin");
+            res.set("Access-Control-Allow-Headers", "Authorization, Content-Type, X-Conversation-Id");
+            res.set("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+        }
+        if (req.method === "OPTIONS") {
+            res.status(204).end();
+            return;
+        }
+        next();
+    });
+
+    // llama-server's shapes: 503 with its exact body while loading, {"status":"ok"} when ready
+    app.get("/health", (_req, res) => {
+        const ready = engine.state === "ready" && scheduler.model != null && !deps.isShuttingDown();
+        if (!ready)
+            res.status(503).json({
+                error: { code: 503, message: deps.isShuttingDown() ? "Shutting down" : "Loading model", type: "unavailable_error" },
+                engine: engineReport(engine)
+            });
+        else
+            res.json({ status: "ok", model: scheduler.model!.name, engine: engineReport(engine) });
+    });
+
+    app.use((req: Request, res: Response, next: NextFunction) => {
+        const key = req.path === "/metrics" ? (config.metricsApiKey ?? config.apiKey) : config.apiKey;
+        if (!authorized(req.headers.authorization, key)) {
+            metrics.requestRefused("unauthorized");
+            res.set("WWW-Authenticate", "Bearer");
+            sendError(res, { code: "unauthorized", message: "missing or wrong bearer token (Authorization: Bearer ...)" });
+            return;
+        }
+        next();
+    });
+
+    app.get("/metrics", async (_req, res) => {
+        // fresh KV statistics for this scrape; a busy or restarting engine leaves the last ones
+        await engine.stats(300);
+        res.set("Content-Type", metrics.contentType);
+        res.send(await metrics.exposition());
+    });
+
+    const readiness = (_req: Request, res: Response, failOnNoSlot: boolean) => {
+        const status = scheduler.status();
+        const ready = engine.state === "ready" && scheduler.model != null && !deps.isShuttingDown();
+        const body = { ready, sequences: status.sequences, available: status.available, running: status.running, waiting: status.waiting };
+        if (!ready)
+            res.status(503).json({ error: { code: 503, message: "Loading model", type: "unavailable_error" }, ...body });
+        else if (failOnNoSlot && status.available === 0)
+            res.status(503).json({ error: { code: 503, message: "no slot available", type: "unavailable_error" }, ...body });
+        else
+            res.json({ status: "ok", ...body });
+    };
+    app.get("/ready", (req, res) => readiness(req, res, true));
+    app.get("/slots", (req, res) => {
+        if (req.query.fail_on_no_slot === "1") {
+            readiness(req, res, true);
+            return;
+        }
+        res.json(scheduler.slotSnapshot().map((s) => ({
+            id: s.index, is_processing: s.request != null, conversation_id: s.conversation
+        })));
+    });
+
+    // the KV statistics right now, for dashboards that poll (the same numbers as the keepkv_kv_* metrics)
+    app.get("/v1/kv", async (_req, res) => {
+        const stats = await engine.stats(1000);
+        if (stats == null) {
+            sendError(res, { code: "engine_unavailable", message: "the engine is loading or busy; retry" });
+            return;
+        }
+        const { context } = stats;
+        res.json({
+            policy: context.policy,
+            capacity_cells: context.capacityCells,
+            kv_bytes_allocated: context.kvBytesAllocated,
+            kv_bytes_used: context.kvBytesUsed,
+            kv_bytes_full: context.kvBytesFull,
+            merges: context.merges,
+            evictions: context.evictions,
+            compressions: context.compressions,
+            compression_seconds: context.compressionSeconds,
+            engine_rss_bytes: stats.rssBytes,
+            sequences: context.sequences.map((seq, slot) => {
+                const state = scheduler.slotSnapshot()[slot];
+                return {
+                    sequence: slot,
+                    busy: state?.request != null,
+                    conversation_id: state?.conversation ?? null,
+                    logical_tokens: seq.logicalTokens,
+                    cells_used: seq.cellsUsed,
+                    budget: seq.budget,
+                    capacity: seq.capacity,
+                    kv_bytes_used: seq.kvBytesUsed,
+                    merges: seq.merges,
+                    evictions: seq.evictions,
+                    compressions: seq.compressions,
+                    compression_seconds: seq.compressionSeconds,
+                    vote_max: seq.voteMax,
+                    vote_mean: seq.voteMean
+                };
+            })
+        });
+    });
+
+    app.get("/v1/schemas", (_req, res) => {
+        res.json(schemas);
+    });
+
+    const listModels = async () => {
+        const serving = scheduler.model;
+        const entries = await catalog.list([deps.startupModel]);
+        return entries.map((m) => ({
+            id: m.id,
+            object: "model",
+            created: Math.floor(m.modifiedMs / 1000),
+            owned_by: "keepkv",
+            loaded: serving != null && serving.modelPath === m.path,
+            valid: m.valid,
+            error: m.error,
+            size_bytes: m.sizeBytes,
+            architecture: m.architecture,
+            name: m.name,
+            context_length: m.contextLength,
+            parameters: m.parameters,
+            has_chat_template: m.hasChatTemplate,
+            keepkv_supported: m.keepKvSupported,
+            keepkv_reason: m.keepKvReason
+        }));
+    };
+    app.get("/v1/models", async (_req, res) => {
+        res.json({ object: "list", data: await listModels() });
+    });
+    app.get("/v1/models/:id", async (req, res) => {
+        const model = (await listModels()).find((m) => m.id === req.params.id);
+        if (model == null)
+            sendError(res, { code: "model_not_found", message: `no model "${req.params.id}"` });
+        else
+            res.json(model);
+    });
+
+    app.use(express.json({ limit: config.maxMessageBytes }));
+
+    app.get("/admin/model", (_req, res) => {
+        res.json({ model: scheduler.model, engine: engineReport(engine) });
+    });
+    app.post("/admin/model", async (req, res) => {
+        if (!validators.selectModel(req.body)) {
+            sendError(res, { code: "invalid_message", message: describeSchemaError(validators.selectModel.errors) });
+            return;
+        }
+        try {
+            const result = await switcher.switchTo((req.body as { model: string }).model);
+            res.json({ status: "ok", model: result.model, previous: result.previous });
+        } catch (err) {
+            sendError(res, toWireError(err));
+        }
+    });
+
+    const router = express.Router();
+    addOpenAiRoutes(router, scheduler, metrics, config.wsMaxBufferedBytes);
+    app.use(router);
+
+    app.use((req: Request, res: Response) => {
+        sendError(res, { code: "not_found", message: `no route ${req.method} ${req.path}` });
+    });
+    app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+        const type = (err as { type?: string }).type;
+        if (type === "entity.too.large")
+            sendError(res, { code: "message_too_large", message: `the body is larger than max-message-bytes (${config.maxMessageBytes})` });
+        else if (type === "entity.parse.failed")
+            sendError(res, { code: "invalid_json", message: `the body is not valid JSON: ${(err as Error).message}` });
+        else if (err instanceof ApiError)
+            sendError(res, toWireError(err));
+        else
+            sendError(res, { code: "internal_error", message: (err as Error)?.message ?? String(err) });
+    });
+    return app;
+}

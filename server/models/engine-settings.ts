@@ -1,0 +1,39 @@
+// The engine settings of a model under the server configuration.
+import type { ServerConfig } from "../config/options.js";
+import type { EngineModelSettings } from "../engine/ipc.js";
+
+/** contextSize 0 means the model's training context, capped here to keep memory modest */
+export const autoContextCap = 4096;
+
+export function effectiveContextSize(config: Pick<ServerConfig, "contextSize">, trainContext: number | null): number {
+    if (config.contextSize > 0)
+        return config.contextSize;
+    return Math.min(trainContext ?? autoContextCap, autoContextCap);
+}
+
+export function engineSettingsFor(config: ServerConfig, modelPath: string, trainContext: number | null): EngineModelSettings {
+    return {
+        modelPath,
+        contextSize: effectiveContextSize(config, trainContext),
+        sequences: config.sequences,
+        batchSize: config.batchSize,
+        threads: config.threads,
+        gpuLayers: config.gpuLayers,
+        flashAttention: config.flashAttention,
+        cacheTypeK: config.cacheTypeK,
+        cacheTypeV: config.cacheTypeV,
+        chatTemplate: config.chatTemplate,
+        keepKv: {
+            policy: config.policy,
+            variant: config.variant,
+            budget: config.budget,
+            sinks: config.sinks,
+            recent: config.recent,
+            threshold: config.threshold,
+            chunk: config.chunk,
+            observed: config.observed,
+            scoreDecay: config.scoreDecay,
+            queryDecay: config.queryDecay
+        }
+    };
+}

@@ -1,0 +1,146 @@
+// Puts the server together: checks the configuration against the model, starts the HTTP listener
+// (so /health answers 503 while the model loads), starts the supervised engine, and shuts it all down
+// in order.
+import * as fs from "node:fs";
+import * as http from "node:http";
+import type { AddressInfo } from "node:net";
+import * as path from "node:path";
+import { optionError, type LoadedConfig } from "./config/load-config.js";
+import { effectiveModelsDir, type ServerConfig } from "./config/options.js";
+import { KeepKvError, resolveKeepKvSettings } from "./engine/keepkv.js";
+import { EngineSupervisor } from "./engine/supervisor.js";
+import { createApp } from "./http/app.js";
+import type { Logger } from "./logger.js";
+import { ServerMetrics } from "./metrics/metrics.js";
+import { engineSettingsFor } from "./models/engine-settings.js";
+import { inspectModelFile } from "./models/gguf-inspect.js";
+import { ModelCatalog } from "./models/model-catalog.js";
+import { ModelSwitcher } from "./models/model-switcher.js";
+import { Scheduler } from "./scheduler/scheduler.js";
+import { WsGateway } from "./ws/ws-gateway.js";
+
+export type RunningServer = {
+    url: string,
+    port: number,
+    engine: EngineSupervisor,
+    scheduler: Scheduler,
+    /** stops accepting, ends requests (finish reason "shutdown" after the grace time), stops the engine */
+    shutdown(): Promise<void>
+};
+
+/** The model file the configuration names: a path, or a file name in the models folder. */
+export function resolveModelPath(config: ServerConfig): string {
+    if (fs.existsSync(config.model))
+        return path.resolve(config.model);
+    const inDir = path.join(effectiveModelsDir(config), config.model);
+    return fs.existsSync(inDir) ? inDir : path.resolve(config.model);
+}
+
+export async function startServer(loaded: LoadedConfig, log: Logger): Promise<RunningServer> {
+    const { config } = loaded;
+    const modelPath = resolveModelPath(config);
+    const inspection = await inspectModelFile(modelPath);
+    if (!inspection.valid)
+        throw optionError(loaded, "model", `cannot be used: ${inspection.error}`);
+    const settings = engineSettingsFor(config, modelPath, inspection.contextLength);
+    try {
+        resolveKeepKvSettings(settings.keepKv, settings.contextSize);
+    } catch (err) {
+        if (err instanceof KeepKvError && err.option != null && err.option in config)
+            throw optionError(loaded, err.option as keyof ServerConfig, err.message.replace(/^invalid KeepKV option "[^"]+": /, ""));
+        throw err;
+    }
+    if (config.policy !== "off" && !inspection.keepKvSupported)
+        throw optionError(loaded, "policy", `cannot run on ${inspection.id}: ${inspection.keepKvReason}`);
+
+    const metrics = new ServerMetrics();
+    const scheduler = new Scheduler({
+        maxQueue: config.maxQueue,
+        queueTimeoutMs: config.queueTimeout * 1000,
+        maxTokens: config.maxTokens,
+        maxPromptTokens: config.maxPromptTokens,
+        conversationIdleMs: config.conversationIdle * 1000
+    }, metrics, log, config.sequences);
+    const engine = new EngineSupervisor(scheduler, log, { stallTimeoutMs: config.engineStallTimeout * 1000 });
+    scheduler.attach(engine);
+    scheduler.onModelReady((info) => {
+        metrics.modelServing(info.name);
+        metrics.engineReady(info.policy);
+        const keepKv = engine.activeSettings?.keepKv ?? settings.keepKv;
+        metrics.setConfigInfo({
+            model_name: info.name,
+            policy: info.policy,
+            variant: String(keepKv.variant),
+            budget: keepKv.budget == null ? "none" : String(keepKv.budget),
+            sinks: String(keepKv.sinks),
+            recent: String(keepKv.recent),
+            threshold: String(keepKv.threshold),
+            cache_type_k: config.cacheTypeK,
+            cache_type_v: config.cacheTypeV,
+            context_size: String(info.contextSize),
+            sequences: String(info.sequences),
+            flash_attention: config.flashAttention,
+            chat_format: info.chatFormat,
+            keepkv_version: info.keepKvVersion ?? "none"
+        });
+    });
+    const catalog = new ModelCatalog(effectiveModelsDir(config));
+    const switcher = new ModelSwitcher(config, catalog, engine, scheduler, metrics, log);
+
+    let shuttingDown = false;
+    const app = createApp({
+        config, scheduler, engine, metrics, catalog, switcher, startupModel: modelPath,
+        isShuttingDown: () => shuttingDown
+    });
+    const server = http.createServer(app);
+    server.keepAliveTimeout = 5000;
+    const gateway = new WsGateway(server, scheduler, metrics, log, {
+        apiKey: config.apiKey,
+        allowedOrigins: config.allowedOrigins,
+        maxMessageBytes: config.maxMessageBytes,
+        maxRequestsPerSocket: config.maxRequestsPerSocket,
+        maxBufferedBytes: config.wsMaxBufferedBytes,
+        pingIntervalMs: config.wsPingInterval * 1000
+    });
+
+    await new Promise<void>((resolve, reject) => {
+        server.once("error", reject);
+        server.listen(config.port, config.host, () => {
+            server.off("error", reject);
+            resolve();
+        });
+    });
+    const port = (server.address() as AddressInfo).port;
+    const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+    const url = `http://${host}:${port}`;
+    // the one line on stdout: tools and tests read the port from it
+    process.stdout.write(`keepkv listening on ${url}\n`);
+    log.info("listening", { url, model: path.basename(modelPath) });
+
+    try {
+        await engine.start(settings);
+    } catch (err) {
+        metrics.modelLoadFailed();
+        server.close();
+        gateway.closeAll();
+        await engine.stop(2000);
+        throw err;
+    }
+
+    const shutdown = async (): Promise<void> => {
+        if (shuttingDown)
+            return;
+        shuttingDown = true;
+        log.info("shutting down", { grace_s: config.shutdownGrace });
+        gateway.stopAccepting();
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        await scheduler.shutdown(config.shutdownGrace * 1000);
+        gateway.closeAll();
+        server.closeIdleConnections();
+        await engine.stop(5000);
+        setTimeout(() => server.closeAllConnections(), 1000).unref();
+        await closed;
+        log.info("stopped");
+    };
+    return { url, port, engine, scheduler, shutdown };
+}

@@ -1,0 +1,127 @@
+// The WebSocket endpoint (/v1/ws): checks the origin and the bearer token at the upgrade, then hands
+// each connection to a WsSession; pings every client and drops the ones that stop answering.
+import type { IncomingMessage, Server } from "node:http";
+import type { Duplex } from "node:stream";
+import { WebSocketServer, type WebSocket } from "ws";
+import type { Logger } from "../logger.js";
+import type { ServerMetrics } from "../metrics/metrics.js";
+import { errorCodes, openAiErrorBody, type ErrorCode } from "../protocol/errors.js";
+import type { Scheduler } from "../scheduler/scheduler.js";
+import { bearerToken, originAllowed, tokenMatches } from "../http/auth.js";
+import { wsCloseCodes, WsSession } from "./ws-session.js";
+
+export const wsPath = "/v1/ws";
+
+export type WsGatewayOptions = {
+    apiKey: string | null,
+    allowedOrigins: readonly string[],
+    maxMessageBytes: number,
+    maxRequestsPerSocket: number,
+    maxBufferedBytes: number,
+    pingIntervalMs: number
+};
+
+function refuseUpgrade(socket: Duplex, code: ErrorCode, message: string): void {
+    const status = errorCodes[code].status;
+    const body = JSON.stringify(openAiErrorBody({ code, message }));
+    socket.end(`HTTP/1.1 ${status} ${code}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+}
+
+export class WsGateway {
+    private readonly wss: WebSocketServer;
+    private readonly sessions = new Set<WsSession>();
+    private readonly alive = new WeakMap<WebSocket, boolean>();
+    private readonly pinger: NodeJS.Timeout;
+    private accepting = true;
+
+    constructor(
+        server: Server,
+        private readonly scheduler: Scheduler,
+        private readonly metrics: ServerMetrics,
+        private readonly log: Logger,
+        private readonly opts: WsGatewayOptions
+    ) {
+        // maxPayload: ws closes a connection with 1009 when a frame is larger
+        this.wss = new WebSocketServer({ noServer: true, maxPayload: opts.maxMessageBytes, perMessageDeflate: false });
+        server.on("upgrade", (req, socket, head) => this.onUpgrade(req, socket, head));
+        this.pinger = setInterval(() => this.ping(), opts.pingIntervalMs);
+        this.pinger.unref();
+    }
+
+    get connections(): number {
+        return this.sessions.size;
+    }
+
+    private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+        socket.on("error", () => socket.destroy());
+        const url = new URL(req.url ?? "/", "http://localhost");
+        if (url.pathname !== wsPath) {
+            refuseUpgrade(socket, "not_found", `no WebSocket endpoint at ${url.pathname}; use ${wsPath}`);
+            return;
+        }
+        if (!this.accepting) {
+            refuseUpgrade(socket, "shutting_down", "the server is shutting down");
+            return;
+        }
+        if (!originAllowed(req.headers.origin, req.headers.host, this.opts.allowedOrigins)) {
+            this.metrics.requestRefused("forbidden_origin");
+            refuseUpgrade(socket, "forbidden_origin", `origin ${req.headers.origin} is not allowed (allowed-origins)`);
+            return;
+        }
+        let authenticated = this.opts.apiKey == null;
+        const token = bearerToken(req.headers.authorization);
+        if (this.opts.apiKey != null && token != null) {
+            if (!tokenMatches(token, this.opts.apiKey)) {
+                this.metrics.requestRefused("unauthorized");
+                refuseUpgrade(socket, "unauthorized", "wrong bearer token");
+                return;
+            }
+            authenticated = true;
+        }
+        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, authenticated));
+    }
+
+    private onConnection(ws: WebSocket, authenticated: boolean): void {
+        this.metrics.websocketOpened();
+        this.alive.set(ws, true);
+        ws.on("pong", () => this.alive.set(ws, true));
+        const session = new WsSession(ws, this.scheduler, this.metrics, this.log, {
+            apiKey: this.opts.apiKey,
+            authenticated,
+            maxRequestsPerSocket: this.opts.maxRequestsPerSocket,
+            maxMessageBytes: this.opts.maxMessageBytes,
+            maxBufferedBytes: this.opts.maxBufferedBytes,
+            modelName: () => this.scheduler.model?.name ?? null
+        });
+        this.sessions.add(session);
+        ws.on("close", () => this.sessions.delete(session));
+    }
+
+    private ping(): void {
+        for (const ws of this.wss.clients) {
+            if (this.alive.get(ws) === false) {
+                this.metrics.clientDropped("ws", "ping_timeout");
+                ws.terminate();
+                continue;
+            }
+            this.alive.set(ws, false);
+            ws.ping();
+        }
+    }
+
+    /** Refuses new connections (the server is shutting down). */
+    stopAccepting(): void {
+        this.accepting = false;
+    }
+
+    /** Closes every connection with 1001 (after the scheduler has sent their finals). */
+    closeAll(): void {
+        clearInterval(this.pinger);
+        for (const session of this.sessions)
+            session.close(wsCloseCodes.goingAway, "server shutting down");
+        setTimeout(() => {
+            for (const ws of this.wss.clients)
+                ws.terminate();
+        }, 1000).unref();
+    }
+}

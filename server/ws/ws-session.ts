@@ -1,0 +1,291 @@
+// One WebSocket client: parses and validates its messages, runs its requests (several at once), and
+// streams their output with backpressure: while the client lags, deltas of a request are coalesced
+// into one; a client that leaves more than `wsMaxBufferedBytes` unread is disconnected.
+import type { WebSocket, RawData } from "ws";
+import type { Logger } from "../logger.js";
+import type { ServerMetrics } from "../metrics/metrics.js";
+import { ApiError, toWireError, type ErrorCode, type WireError } from "../protocol/errors.js";
+import { describeSchemaError, validators } from "../protocol/schemas.js";
+import {
+    wsProtocolVersion, type WsChatMessage, type WsFinalMessage, type WsServerMessage
+} from "../protocol/ws-messages.js";
+import { requestSpec } from "../scheduler/request-spec.js";
+import type { ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
+import { tokenMatches } from "../http/auth.js";
+
+/** above this many unsent bytes, deltas are coalesced instead of sent one by one */
+const coalesceAboveBytes = 64 * 1024;
+const flushEveryMs = 20;
+const authTimeoutMs = 10_000;
+
+export const wsCloseCodes = {
+    normal: 1000,
+    goingAway: 1001,
+    policyViolation: 1008,
+    messageTooBig: 1009
+} as const;
+
+export type WsSessionOptions = {
+    apiKey: string | null,
+    authenticated: boolean,
+    maxRequestsPerSocket: number,
+    maxMessageBytes: number,
+    maxBufferedBytes: number,
+    modelName: () => string | null
+};
+
+type InFlight = {
+    request: ScheduledRequest | null,
+    seq: number,
+    pendingText: string,
+    pendingTokens: number
+};
+
+export class WsSession {
+    private readonly inFlight = new Map<string, InFlight>();
+    private authenticated: boolean;
+    private closed = false;
+    private flushTimer: NodeJS.Timeout | null = null;
+    private authTimer: NodeJS.Timeout | null = null;
+
+    constructor(
+        private readonly ws: WebSocket,
+        private readonly scheduler: Scheduler,
+        private readonly metrics: ServerMetrics,
+        private readonly log: Logger,
+        private readonly opts: WsSessionOptions
+    ) {
+        this.authenticated = opts.authenticated || opts.apiKey == null;
+        ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
+        ws.on("close", () => this.onClose());
+        ws.on("error", (err) => this.log.debug("websocket error", { error: err.message }));
+        // nothing about the server before authentication, not even the model's name
+        this.send({
+            type: "hello", protocol: wsProtocolVersion, model: this.authenticated ? opts.modelName() : null,
+            auth_required: !this.authenticated, max_message_bytes: opts.maxMessageBytes
+        });
+        if (!this.authenticated) {
+            this.authTimer = setTimeout(() => this.refuse("no auth message within 10 s"), authTimeoutMs);
+            this.authTimer.unref();
+        }
+    }
+
+    get requestsInFlight(): number {
+        return this.inFlight.size;
+    }
+
+    /** Server shutdown: the scheduler has sent every final; say goodbye. */
+    close(code: number, reason: string): void {
+        if (!this.closed)
+            this.ws.close(code, reason);
+    }
+
+    private onMessage(data: RawData, isBinary: boolean): void {
+        if (this.closed)
+            return;
+        if (isBinary) {
+            this.sendError(null, "invalid_message", "binary frames are not supported; send JSON text");
+            return;
+        }
+        let message: unknown;
+        try {
+            message = JSON.parse(data.toString());
+        } catch (err) {
+            this.sendError(null, "invalid_json", `the message is not valid JSON: ${(err as Error).message}`);
+            return;
+        }
+        if (message == null || typeof message !== "object" || Array.isArray(message)) {
+            this.sendError(null, "invalid_message", "a message must be a JSON object with a \"type\"");
+            return;
+        }
+        const record = message as Record<string, unknown>;
+        const id = typeof record.id === "string" ? record.id : null;
+        if (typeof record.type !== "string") {
+            this.sendError(id, "invalid_message", "field \"type\" must be a string");
+            return;
+        }
+        const validate = validators.wsClient[record.type];
+        if (validate == null) {
+            this.sendError(id, "unknown_type", `unknown message type ${JSON.stringify(record.type)}; known: chat, cancel, auth, ping`);
+            return;
+        }
+        if (!this.authenticated && record.type !== "auth") {
+            this.refuse("authenticate first: send {\"type\":\"auth\",\"token\":\"...\"} or connect with an Authorization header");
+            return;
+        }
+        if ((record.type === "chat" || record.type === "cancel") && !("id" in record)) {
+            this.sendError(null, "missing_id", `a "${record.type}" message needs an "id"`);
+            return;
+        }
+        if (!validate(message)) {
+            this.sendError(id, "invalid_message", describeSchemaError(validate.errors));
+            return;
+        }
+        switch (record.type) {
+            case "auth":
+                this.onAuth(record.token as string);
+                return;
+            case "ping":
+                this.send({ type: "pong", id });
+                return;
+            case "cancel":
+                this.onCancel(record.id as string);
+                return;
+            case "chat":
+                this.onChat(message as WsChatMessage);
+                return;
+        }
+    }
+
+    private onAuth(token: string): void {
+        if (this.opts.apiKey != null && !tokenMatches(token, this.opts.apiKey)) {
+            this.refuse("wrong token");
+            return;
+        }
+        this.authenticated = true;
+        if (this.authTimer != null)
+            clearTimeout(this.authTimer);
+        this.send({ type: "auth_ok" });
+    }
+
+    private refuse(why: string): void {
+        this.sendError(null, "unauthorized", why);
+        this.metrics.requestRefused("unauthorized");
+        this.closed = true;
+        this.ws.close(wsCloseCodes.policyViolation, "unauthorized");
+    }
+
+    private onCancel(id: string): void {
+        const entry = this.inFlight.get(id);
+        if (entry?.request == null) {
+            this.sendError(id, "not_found", `no request "${id}" is in flight on this socket`);
+            return;
+        }
+        this.scheduler.cancel(entry.request);
+    }
+
+    private onChat(message: WsChatMessage): void {
+        const id = message.id;
+        if (this.inFlight.has(id)) {
+            this.sendError(id, "duplicate_id", `request "${id}" is already in flight on this socket; use a new id`);
+            return;
+        }
+        if (this.inFlight.size >= this.opts.maxRequestsPerSocket) {
+            this.sendError(id, "too_many_requests", `this socket already has ${this.inFlight.size} requests in flight (max-requests-per-socket)`);
+            return;
+        }
+        const input = message.messages != null
+            ? { messages: message.messages.map((m) => ({ role: m.role, content: m.content })) }
+            : { prompt: message.prompt! };
+        const entry: InFlight = { request: null, seq: 0, pendingText: "", pendingTokens: 0 };
+        this.inFlight.set(id, entry);
+        try {
+            entry.request = this.scheduler.submit(requestSpec(input, message, message.conversation_id), {
+                onDelta: (text, tokens) => this.delta(id, entry, text, tokens),
+                onFinal: (result) => {
+                    this.flushEntry(id, entry);
+                    this.inFlight.delete(id);
+                    const final: WsFinalMessage = {
+                        type: "final", id, finish_reason: result.finishReason, usage: result.usage, timings: result.timings, kv: result.kv,
+                        ...(result.error != null ? { error: result.error } : {})
+                    };
+                    this.send(final);
+                }
+            });
+        } catch (err) {
+            this.inFlight.delete(id);
+            const wire = toWireError(err);
+            if (err instanceof ApiError)
+                this.metrics.requestRefused(wire.code);
+            this.sendError(id, wire.code, wire.message);
+            return;
+        }
+        this.send({
+            type: "start", id, model: entry.request.model, conversation_id: message.conversation_id ?? null,
+            created: entry.request.created, queue_position: entry.request.queuePosition
+        });
+    }
+
+    // ---- output with backpressure
+
+    private delta(id: string, entry: InFlight, text: string, tokens: number): void {
+        if (this.closed)
+            return;
+        entry.pendingText += text;
+        entry.pendingTokens += tokens;
+        if (this.ws.bufferedAmount <= coalesceAboveBytes)
+            this.flushEntry(id, entry);
+        else
+            this.scheduleFlush();
+        this.checkBackpressure();
+    }
+
+    private flushEntry(id: string, entry: InFlight): void {
+        if (entry.pendingText === "" && entry.pendingTokens === 0)
+            return;
+        this.send({ type: "delta", id, seq: entry.seq++, text: entry.pendingText, tokens: entry.pendingTokens });
+        entry.pendingText = "";
+        entry.pendingTokens = 0;
+    }
+
+    private scheduleFlush(): void {
+        if (this.flushTimer != null)
+            return;
+        this.flushTimer = setTimeout(() => {
+            this.flushTimer = null;
+            if (this.closed)
+                return;
+            if (this.ws.bufferedAmount > coalesceAboveBytes) {
+                if (this.checkBackpressure())
+                    this.scheduleFlush();
+                return;
+            }
+            for (const [id, entry] of this.inFlight)
+                this.flushEntry(id, entry);
+        }, flushEveryMs);
+    }
+
+    /** false when the client was dropped */
+    private checkBackpressure(): boolean {
+        let pending = 0;
+        for (const entry of this.inFlight.values())
+            pending += entry.pendingText.length;
+        if (this.ws.bufferedAmount + pending <= this.opts.maxBufferedBytes)
+            return true;
+        this.log.warn("dropping a websocket client that does not read", { buffered: this.ws.bufferedAmount });
+        this.metrics.clientDropped("ws", "slow_consumer");
+        this.closed = true;
+        this.ws.close(wsCloseCodes.policyViolation, "client too slow");
+        // the close frame waits behind the unread data: do not wait for the handshake
+        setTimeout(() => this.ws.terminate(), 1000).unref();
+        this.cancelAll();
+        return false;
+    }
+
+    private send(message: WsServerMessage): void {
+        if (this.ws.readyState !== this.ws.OPEN)
+            return;
+        this.ws.send(JSON.stringify(message));
+    }
+
+    private sendError(id: string | null, code: ErrorCode, message: string): void {
+        const error: WireError = { code, message };
+        this.send({ type: "error", id, ...error });
+    }
+
+    private cancelAll(): void {
+        for (const entry of this.inFlight.values())
+            if (entry.request != null)
+                this.scheduler.cancel(entry.request);
+    }
+
+    private onClose(): void {
+        this.closed = true;
+        if (this.flushTimer != null)
+            clearTimeout(this.flushTimer);
+        if (this.authTimer != null)
+            clearTimeout(this.authTimer);
+        this.cancelAll();
+        this.metrics.websocketClosed();
+    }
+}
