@@ -51,7 +51,12 @@ export type KeepKvOptions = {
     /** Decay of the exponential moving average of the scores, per batch, in [0, 1). */
     scoreDecay?: number,
     /** Decay of the representative query's moving average, in [0, 1); 0 = the last query. */
-    queryDecay?: number
+    queryDecay?: number,
+    /**
+     * One KV stream shared by all sequences of the context instead of one per sequence. With per-sequence
+     * streams (the default) a token attends only its own sequence's cells.
+     */
+    unifiedKvCache?: boolean
 };
 
 export type KeepKvSettings = Required<Omit<KeepKvOptions, "budget">> & {
@@ -70,7 +75,8 @@ export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, do
     chunk: { default: "budget/16", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger." },
     observed: { default: "8", doc: "last queries of each sequence per batch that score the cells (cost: one extra K·q product of this many rows per layer)." },
     scoreDecay: { default: "0.9", doc: "decay of the attention-score moving average, per batch." },
-    queryDecay: { default: "0", doc: "decay of the representative query's moving average; 0 = the last query, for which merges are exact." }
+    queryDecay: { default: "0", doc: "decay of the representative query's moving average; 0 = the last query, for which merges are exact." },
+    unifiedKvCache: { default: "false", doc: "one KV stream for all sequences (llama.cpp's kv_unified) instead of one per sequence: every token then attends over all sequences' cells (masked)." }
 };
 
 export const keepKvDefaults = {
@@ -83,7 +89,8 @@ export const keepKvDefaults = {
     chunk: 0,
     observed: 8,
     scoreDecay: 0.9,
-    queryDecay: 0
+    queryDecay: 0,
+    unifiedKvCache: false
 } as const satisfies KeepKvOptions;
 
 function invalid(option: string, message: string): KeepKvError {
@@ -125,6 +132,9 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
     const observed = intOption(options, "observed", 1);
     const scoreDecay = unitOption(options, "scoreDecay");
     const queryDecay = unitOption(options, "queryDecay");
+    const unifiedKvCache = options.unifiedKvCache ?? keepKvDefaults.unifiedKvCache;
+    if (typeof unifiedKvCache !== "boolean")
+        throw invalid("unifiedKvCache", `must be true or false, got ${String(unifiedKvCache)}`);
     const threshold = options.threshold ?? keepKvDefaults.threshold;
     if (typeof threshold !== "number" || !(threshold > 0 && threshold <= 1))
         throw invalid("threshold", `must be in (0, 1], got ${String(threshold)}`);
@@ -149,7 +159,7 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         if (chunk > budgetCells - sinks - recent)
             throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
     }
-    return { policy, variant, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, budgetCells };
+    return { policy, variant, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }
 
 /** The option object the patched addon reads (see patches/node-llama-cpp). */
@@ -164,7 +174,8 @@ function toAddonParams(settings: KeepKvSettings) {
         observed: settings.observed,
         threshold: settings.threshold,
         scoreDecay: settings.scoreDecay,
-        queryDecay: settings.queryDecay
+        queryDecay: settings.queryDecay,
+        unifiedKvCache: settings.unifiedKvCache
     };
 }
 
@@ -189,7 +200,8 @@ type AddonKeepKv = {
     keepKvGetSequenceStats(sequenceId: number): AddonSequenceStats | null,
     keepKvGetContextStats(): AddonContextStats | null,
     getOutputLogits(index: number): Float32Array | null,
-    keepKvSetVote(sequenceId: number, pos: number, layer: number, headKv: number, vote: number): boolean
+    keepKvSetVote(sequenceId: number, pos: number, layer: number, headKv: number, vote: number): boolean,
+    keepKvGetCellPositions(sequenceId: number): Int32Array | null
 };
 
 function addonOf(context: LlamaContext): AddonKeepKv {
@@ -211,8 +223,14 @@ export async function createKeepKvContext(model: LlamaModel, options: KeepKvCont
     const { keepKv, ...contextOptions } = options;
     const settings = resolveKeepKvSettings(keepKv ?? { policy: "off" }, options.contextSize);
 
+    // the cache holds budget + one batch of cells per sequence: by default the batch is no larger than the budget
+    if (settings.budgetCells != null && contextOptions.batchSize == null)
+        contextOptions.batchSize = Math.max(16, Math.min(512, settings.budgetCells));
+
     if (settings.policy === "off") {
-        const context = await model.createContext(contextOptions);
+        const context = await model.createContext(settings.unifiedKvCache
+            ? { ...contextOptions, keepKv: { policy: 0, unifiedKvCache: true } } as LlamaContextOptions
+            : contextOptions);
         contextSettings.set(context, settings);
         return context;
     }
@@ -294,6 +312,13 @@ export async function setVote(sequence: LlamaContextSequence, pos: number, layer
         addonOf(sequence.context).keepKvSetVote(sequenceIdOf(sequence), pos, layer, headKv, vote));
     if (!ok)
         throw new KeepKvError("KEEPKV_FAILED", `no cell at position ${pos} of sequence ${sequenceIdOf(sequence)}, or no layer ${layer} / KV head ${headKv}, or vote ${vote} <= 0`);
+}
+
+/** The positions of the cells a sequence holds, sorted (a merged cell: the latest token merged into it). */
+export async function cellPositions(sequence: LlamaContextSequence): Promise<number[]> {
+    requireEnabled(sequence.context);
+    return await underContextLock(sequence.context, () =>
+        Array.from(addonOf(sequence.context).keepKvGetCellPositions(sequenceIdOf(sequence)) ?? []));
 }
 
 export type KeepKvSequenceStats = {

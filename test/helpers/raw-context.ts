@@ -46,3 +46,25 @@ export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
 export async function rawRemoveCells(context: LlamaContext, seq: number, p0: number, p1: number): Promise<void> {
     await withLock([context as object, "context"], () => addon(context).removeTokenCellsFromSequence(seq, p0, p1));
 }
+
+/** One decode of several sequences at once: each gets `tokens` from `pos`; returns each one's last logits. */
+export async function rawDecodeMany(context: LlamaContext, items: { seq: number, pos: number, tokens: Token[] }[]): Promise<Float32Array[]> {
+    return await withLock([context as object, "context"], async () => {
+        const a = addon(context);
+        a.initBatch(items.reduce((n, x) => n + x.tokens.length, 0));
+        let offset = 0;
+        const last: number[] = [];
+        for (const { seq, pos, tokens } of items) {
+            a.addToBatch(seq, pos, Uint32Array.from(tokens), Uint32Array.from([tokens.length - 1]));
+            offset += tokens.length;
+            last.push(offset - 1);
+        }
+        await a.decodeBatch();
+        return last.map((i) => {
+            const logits = a.getOutputLogits(i);
+            if (logits == null)
+                throw new Error("no logits");
+            return logits;
+        });
+    });
+}
