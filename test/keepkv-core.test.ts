@@ -226,6 +226,35 @@ describe("KeepKV core", function () {
         });
     });
 
+    describe("layouts", function () {
+        it("the per-stream flash attention layout (what CUDA needs for several sequences) computes what the one-call layout does", async function () {
+            const { execFileSync } = await import("node:child_process");
+            const probe = path.join(path.dirname(new URL(import.meta.url).pathname), "helpers", "fa-streams-probe.js");
+            // the F16-weight stories3M: the q8_0 one quantizes activations, which turns fp noise into jumps
+            const run = (perStream: boolean, flashAttention = true) => JSON.parse(execFileSync(process.execPath, [probe], {
+                env: {
+                    ...process.env, KKV_PROBE_MODEL: f16ModelPath(), KKV_PROBE_FA: flashAttention ? "1" : "0",
+                    LLAMA_KEEPKV_FA_PER_STREAM: perStream ? "1" : "0"
+                },
+                encoding: "utf8", stdio: ["ignore", "pipe", "ignore"]
+            })) as number[][];
+            const one = run(false);
+            const per = run(true);
+            const exact = run(false, false); // without flash attention: F32 accumulation
+            assert.equal(per.length, 4);
+            for (let s = 0; s < 4; s++) {
+                // the CPU flash attention kernel accumulates V in F16, differently for different shapes: the two
+                // layouts are as far from each other as each is from attention without flash attention (measured:
+                // 0.013 to 0.027, with votes that differ per sequence and KV head); a mapping error moves logits by
+                // far more
+                const toF32 = (x: number[]) => Float32Array.from(x);
+                assert.ok(maxAbsDiff(toF32(one[s]!), toF32(per[s]!)) <= 0.05, `sequence ${s}: layouts differ by ${maxAbsDiff(toF32(one[s]!), toF32(per[s]!))}`);
+                assert.ok(maxAbsDiff(toF32(per[s]!), toF32(exact[s]!)) <= 0.05, `sequence ${s}: per-stream vs no flash attention ${maxAbsDiff(toF32(per[s]!), toF32(exact[s]!))}`);
+                assert.ok(maxAbsDiff(toF32(one[s]!), toF32(exact[s]!)) <= 0.05, `sequence ${s}: one call vs no flash attention`);
+            }
+        });
+    });
+
     describe("bad input", function () {
         it("invalid parameters are refused with an error that names the option", async function () {
             const cases: [object, string][] = [

@@ -82,3 +82,34 @@ export async function windowedPerplexity(context: LlamaContext, tokens: Token[],
     }
     return Math.exp(total / count);
 }
+
+/**
+ * Greedy generation by direct decoding (deterministic, no sampler): the prompt in chunks, then one token at a
+ * time. Returns the generated tokens.
+ */
+export async function greedyGenerate(context: LlamaContext, seq: number, prompt: Token[], n: number, chunk: number): Promise<Token[]> {
+    return await withLock([context as object, "context"], async () => {
+        const a = addonOf(context);
+        a.removeTokenCellsFromSequence(seq, 0, -1);
+        let logits: Float32Array | null = null;
+        for (let start = 0; start < prompt.length; start += chunk) {
+            const part = prompt.slice(start, start + chunk);
+            a.initBatch(part.length);
+            a.addToBatch(seq, start, Uint32Array.from(part), Uint32Array.from([part.length - 1]));
+            await a.decodeBatch();
+            logits = a.getOutputLogits(part.length - 1);
+        }
+        const out: Token[] = [];
+        for (let i = 0; i < n; i++) {
+            if (logits == null)
+                throw new Error("no logits");
+            const token = argmax(logits) as Token;
+            out.push(token);
+            a.initBatch(1);
+            a.addToBatch(seq, prompt.length + i, Uint32Array.from([token]), Uint32Array.from([0]));
+            await a.decodeBatch();
+            logits = a.getOutputLogits(0);
+        }
+        return out;
+    });
+}

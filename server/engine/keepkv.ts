@@ -13,6 +13,9 @@ export type KeepKvPolicy = typeof keepKvPolicies[number];
 export const keepKvVariants = ["paper", "votes", "key"] as const;
 export type KeepKvVariant = typeof keepKvVariants[number];
 
+export const keepKvSelections = ["policy", "score", "recency"] as const;
+export type KeepKvSelection = typeof keepKvSelections[number];
+
 export type KeepKvErrorCode =
     | "KEEPKV_INVALID_OPTION"
     | "KEEPKV_UNSUPPORTED_MODEL"
@@ -33,6 +36,8 @@ export type KeepKvOptions = {
     policy?: KeepKvPolicy,
     /** How the "keepkv" policy places a merged key (all are exact for the representative query). */
     variant?: KeepKvVariant,
+    /** Which cells leave: "policy" (recency for window, score for the others), "score" or "recency". */
+    selection?: KeepKvSelection,
     /**
      * KV budget per sequence: an integer number of cells (>= 2), or a fraction in (0, 1] of the logical
      * context size. null: no automatic compression (explicit compression only).
@@ -44,7 +49,7 @@ export type KeepKvOptions = {
     recent?: number,
     /** Cosine similarity of keys below which a leaving cell is evicted instead of merged, in (0, 1]. */
     threshold?: number,
-    /** Cells removed at least per automatic compression; 0 = budget/16. Larger: fewer, bigger compressions. */
+    /** Cells removed at least per automatic compression; 0 = budget/8. Larger: fewer, bigger compressions. */
     chunk?: number,
     /** Queries per sequence and batch observed to score the cells (the last ones). */
     observed?: number,
@@ -67,12 +72,13 @@ export type KeepKvSettings = Required<Omit<KeepKvOptions, "budget">> & {
 /** One declaration per option: the default, the unit and what it costs. The README table is checked against it. */
 export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, doc: string }> = {
     policy: { default: "keepkv", doc: "off, window (StreamingLLM), evict (H2O/SnapKV), merge-naive (convex merge, votes summed), keepkv (votes + ZIP merge). off allocates nothing and adds no work." },
+    selection: { default: "policy", doc: "which cells leave: the policy's own (recency for window, attention score for evict, merge-naive and keepkv), score (the least attended, H2O) or recency (the oldest, StreamingLLM); merging policies merge whichever leave." },
     variant: { default: "key", doc: "ZIP merge variant of the keepkv policy: paper (k = C sum w k, guarded), votes (convex key, the vote absorbs the mass), key (convex key moved along the query)." },
     budget: { default: "none", doc: "KV cells per sequence (integer) or fraction of the context (0-1]. The cache allocates budget + one batch of cells per sequence and compresses before a batch would go over." },
     sinks: { default: "4", doc: "first cells of a sequence that never leave (attention sinks)." },
     recent: { default: "32", doc: "last cells of a sequence that never leave." },
     threshold: { default: "0.8", doc: "cosine similarity below which a leaving cell is evicted instead of merged." },
-    chunk: { default: "budget/16", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger." },
+    chunk: { default: "budget/8", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger, and a cache that runs further below its budget." },
     observed: { default: "8", doc: "last queries of each sequence per batch that score the cells (cost: one extra K·q product of this many rows per layer)." },
     scoreDecay: { default: "0.9", doc: "decay of the attention-score moving average, per batch." },
     queryDecay: { default: "0", doc: "decay of the representative query's moving average; 0 = the last query, for which merges are exact." },
@@ -82,6 +88,7 @@ export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, do
 export const keepKvDefaults = {
     policy: "keepkv",
     variant: "key",
+    selection: "policy",
     budget: null,
     sinks: 4,
     recent: 32,
@@ -126,6 +133,9 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
     const variant = options.variant ?? keepKvDefaults.variant;
     if (!(keepKvVariants as readonly string[]).includes(variant))
         throw invalid("variant", `unknown variant ${JSON.stringify(variant)}; use one of ${keepKvVariants.join(", ")}`);
+    const selection = options.selection ?? keepKvDefaults.selection;
+    if (!(keepKvSelections as readonly string[]).includes(selection))
+        throw invalid("selection", `unknown selection ${JSON.stringify(selection)}; use one of ${keepKvSelections.join(", ")}`);
     const sinks = intOption(options, "sinks", 0);
     const recent = intOption(options, "recent", 0);
     const chunk = intOption(options, "chunk", 0);
@@ -159,7 +169,7 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         if (chunk > budgetCells - sinks - recent)
             throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
     }
-    return { policy, variant, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
+    return { policy, variant, selection, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }
 
 /** The option object the patched addon reads (see patches/node-llama-cpp). */
@@ -167,6 +177,7 @@ function toAddonParams(settings: KeepKvSettings) {
     return {
         policy: keepKvPolicies.indexOf(settings.policy),
         variant: keepKvVariants.indexOf(settings.variant),
+        select: keepKvSelections.indexOf(settings.selection),
         sinks: settings.sinks,
         recent: settings.recent,
         budget: settings.budgetCells ?? 0,

@@ -1,0 +1,208 @@
+// npm run bench:quality -- [--json] [--model PATH] [--corpus PATH] [--context 512] [--budgets 0.1,0.2,0.5]
+//                           [--windows 8] [--chunk 16] [--prompts 8] [--generate 128]
+//
+// Perplexity of held-out text, evaluated in windows of the logical context with the cache compressing as it
+// goes (a streaming evaluation: the window is decoded `chunk` tokens at a time, so a budget forces many
+// compressions per window), for the full cache, every policy at every budget, llama.cpp's own KV quantization
+// (q8_0, q4_0, full cache) at its equal-memory budget, and keepkv with a q8_0 cache. Also the greedy agreement
+// with the full cache: over N prompts from the corpus, the fraction of the first `generate` tokens identical
+// to what the full cache generates.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { LlamaModel, Token } from "node-llama-cpp";
+import {
+    createKeepKvContext, KeepKvOptions, keepKvContextStats, KeepKvPolicy, KeepKvSelection, KeepKvVariant
+} from "../server/engine/keepkv.js";
+import { loadPatchedLlama } from "../server/engine/llama-loader.js";
+import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
+import { parseArgs } from "./lib/args.js";
+import { lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
+import { greedyGenerate, streamingNll } from "./lib/scoring.js";
+
+type CacheType = "f16" | "q8_0" | "q4_0";
+const ggmlTypeName: Record<CacheType, "F16" | "Q8_0" | "Q4_0"> = { f16: "F16", q8_0: "Q8_0", q4_0: "Q4_0" };
+// bytes per value: q8_0 stores 32 values in 34 bytes, q4_0 in 18
+const bytesPerValue: Record<CacheType, number> = { f16: 2, q8_0: 34 / 32, q4_0: 18 / 32 };
+
+type Config = {
+    policy: KeepKvPolicy, variant: KeepKvVariant | null, selection: KeepKvSelection, budget: number | null, cacheType: CacheType, label: string
+};
+
+export type QualityRow = {
+    policy: string, variant: string | null, selection: string, budget: number, cacheType: CacheType,
+    perplexity: number, greedyAgreement: number, kvBytes: number, kvFraction: number,
+    compressions: number, merges: number, evictions: number, seconds: number
+};
+
+async function main(): Promise<void> {
+    const args = parseArgs(process.argv.slice(2), {
+        json: { type: "boolean", default: false },
+        model: { type: "string", default: defaultModelPath() },
+        corpus: { type: "string", default: corpusPath() },
+        context: { type: "number", default: 512 },
+        budgets: { type: "list", default: "0.1,0.2,0.5" },
+        windows: { type: "number", default: 8 },
+        chunk: { type: "number", default: 16 },
+        prompts: { type: "number", default: 8 },
+        generate: { type: "number", default: 128 },
+        threads: { type: "number", default: 1 }
+    });
+    const modelPath = requireFile(String(args.model), "model", "--model or KEEPKV_MODEL");
+    const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
+    const contextSize = Number(args.context);
+    const chunk = Number(args.chunk);
+    const budgets = String(args.budgets).split(",").map(Number);
+    if (budgets.some((b) => !(b > 0 && b <= 1)))
+        throw new Error(`--budgets must be fractions in (0, 1], got ${args.budgets}`);
+
+    const llama = await loadPatchedLlama();
+    const model: LlamaModel = await llama.loadModel({ modelPath });
+
+    // evaluation windows: consecutive, non-overlapping stretches of the corpus
+    const all = model.tokenize(text.slice(0, Number(args.windows) * contextSize * 8));
+    const windows: Token[][] = [];
+    for (let i = 0; i + contextSize <= all.length && windows.length < Number(args.windows); i += contextSize)
+        windows.push(all.slice(i, i + contextSize));
+    if (windows.length < Number(args.windows))
+        throw new Error(`the corpus gives ${windows.length} windows of ${contextSize} tokens, ${args.windows} wanted`);
+
+    // prompts for the greedy agreement: the beginnings of separate stories
+    const stories = text.split(/\n\s*\n|<\|endoftext\|>/).map((s) => s.trim()).filter((s) => model.tokenize(s).length >= 64);
+    const prompts = stories.slice(0, Number(args.prompts)).map((s) => model.tokenize(s).slice(0, 64));
+
+    const configs: Config[] = [{ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "f16", label: "full cache f16" }];
+    for (const budget of budgets) {
+        for (const [policy, variant, selection] of [["window", null, "policy"], ["evict", null, "policy"], ["merge-naive", null, "policy"],
+            ["keepkv", "paper", "policy"], ["keepkv", "votes", "policy"], ["keepkv", "key", "policy"],
+            ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as [KeepKvPolicy, KeepKvVariant | null, KeepKvSelection][])
+            configs.push({ policy, variant, selection, budget, cacheType: "f16", label: `${policy}${variant ? "/" + variant : ""}${selection === "policy" ? "" : " (" + selection + ")"} ${budget}` });
+        configs.push({ policy: "keepkv", variant: "key", selection: "recency", budget, cacheType: "q8_0", label: `keepkv/key (recency)+q8_0 ${budget}` });
+    }
+    configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q8_0", label: "full cache q8_0" });
+    configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q4_0", label: "full cache q4_0" });
+
+    const bytesFullF16 = (await kvBytesPerCell(model, "f16")) * contextSize;
+
+    let reference: Token[][] | null = null;
+    const rows: QualityRow[] = [];
+    for (const [i, c] of configs.entries()) {
+        progress(`${i + 1}/${configs.length} ${c.label}`);
+        const started = Date.now();
+        const keepKv: KeepKvOptions = c.policy === "off"
+            ? { policy: "off" }
+            : { policy: c.policy, variant: c.variant ?? "key", selection: c.selection, budget: Math.floor(c.budget! * contextSize), recent: 16, sinks: 4 };
+        const context = await createKeepKvContext(model, {
+            contextSize, batchSize: chunk, flashAttention: true, threads: Number(args.threads),
+            experimentalKvCacheKeyType: ggmlTypeName[c.cacheType], experimentalKvCacheValueType: ggmlTypeName[c.cacheType],
+            keepKv
+        });
+        const sequence = context.getSequence();
+
+        let nll = 0;
+        let count = 0;
+        for (const w of windows) {
+            const values = await streamingNll(context, 0, w, chunk);
+            nll += values.reduce((a, b) => a + b, 0);
+            count += values.length;
+        }
+
+        const generated: Token[][] = [];
+        for (const p of prompts)
+            generated.push(await greedyGenerate(context, 0, p, Number(args.generate), chunk));
+        if (reference == null)
+            reference = generated;
+        let same = 0;
+        let total = 0;
+        generated.forEach((g, k) => g.forEach((t, j) => {
+            same += t === reference![k]![j] ? 1 : 0;
+            total++;
+        }));
+
+        const stats = await keepKvContextStats(context, [sequence]);
+        const kvBytes = c.policy === "off" ? (await kvBytesPerCell(model, c.cacheType)) * contextSize : stats.kvBytesAllocated;
+        rows.push({
+            policy: c.policy === "off" ? (c.cacheType === "f16" ? "off" : `kv-${c.cacheType}`) : c.policy,
+            variant: c.variant,
+            selection: c.selection === "policy" ? (c.policy === "window" ? "recency" : c.policy === "off" ? "-" : "score") : c.selection,
+            budget: c.budget ?? (c.cacheType === "f16" ? 1 : bytesPerValue[c.cacheType] / bytesPerValue.f16),
+            cacheType: c.cacheType,
+            perplexity: Math.exp(nll / count),
+            greedyAgreement: same / total,
+            kvBytes,
+            kvFraction: kvBytes / bytesFullF16,
+            compressions: stats.compressions,
+            merges: stats.merges,
+            evictions: stats.evictions,
+            seconds: (Date.now() - started) / 1000
+        });
+        await context.dispose();
+    }
+
+    const out = {
+        machine: machineInfo(),
+        model: path.basename(modelPath),
+        context: contextSize,
+        windows: windows.length,
+        evaluatedTokens: windows.length * (contextSize - 1),
+        chunk,
+        note: "perplexity of held-out text in windows of the logical context, decoded `chunk` tokens at a time so that the cache compresses as it goes; flash attention on (needed by quantized V); kvBytes = K/V bytes allocated, budget rows include one batch of room",
+        rows
+    };
+
+    const columns = [
+        { title: "policy", value: (r: QualityRow) => r.policy + (r.variant ? `/${r.variant}` : "") },
+        { title: "selection", value: (r: QualityRow) => r.selection },
+        { title: "cache", value: (r: QualityRow) => r.cacheType },
+        { title: "budget", value: (r: QualityRow) => r.budget.toFixed(2) },
+        { title: "K/V bytes", value: (r: QualityRow) => `${r.kvBytes} (${(100 * r.kvFraction).toFixed(1)}%)` },
+        { title: "perplexity", value: (r: QualityRow) => r.perplexity.toFixed(3) },
+        { title: "greedy agreement", value: (r: QualityRow) => (100 * r.greedyAgreement).toFixed(1) + "%" },
+        { title: "compressions", value: (r: QualityRow) => String(r.compressions) },
+        { title: "merges", value: (r: QualityRow) => r.merges.toFixed(0) },
+        { title: "evictions", value: (r: QualityRow) => r.evictions.toFixed(0) }
+    ];
+
+    const dir = resultsDir("quality");
+    fs.writeFileSync(path.join(dir, "quality.json"), JSON.stringify(out, null, 2) + "\n");
+    fs.writeFileSync(path.join(dir, "quality.md"),
+        `Model ${out.model}, context ${contextSize}, ${out.evaluatedTokens} evaluated tokens, chunk ${chunk}; ${out.machine.cpu}, ${out.machine.cores} cores.\n\n` +
+        markdownTable(rows, columns));
+    const bySeries = new Map<string, { x: number, y: number }[]>();
+    for (const r of rows) {
+        const name = r.policy.startsWith("kv-") || r.policy === "off" ? `full cache ${r.cacheType}`
+            : `${r.policy}${r.variant ? "/" + r.variant : ""}${r.policy !== "window" && r.selection === "recency" ? " (recency)" : ""}${r.cacheType !== "f16" ? "+" + r.cacheType : ""}`;
+        bySeries.set(name, [...(bySeries.get(name) ?? []), { x: Number((100 * r.kvFraction).toFixed(1)), y: r.perplexity }]);
+    }
+    const svg = lineChartSvg({
+        title: `Perplexity against K/V memory (${out.model}, context ${contextSize})`,
+        xLabel: "K/V bytes, % of the full f16 cache", yLabel: "perplexity (log scale)", logY: true,
+        series: [...bySeries].map(([name, points]) => ({ name, points }))
+    });
+    fs.writeFileSync(path.join(dir, "quality.svg"), svg);
+    await svgToPng(svg, path.join(dir, "quality.png"));
+
+    if (args.json)
+        process.stdout.write(JSON.stringify(out) + "\n");
+    else
+        process.stdout.write(textTable(rows, columns) + `\nwritten: ${dir}/quality.{json,md,svg,png}\n`);
+
+    await model.dispose();
+    await llama.dispose();
+}
+
+/** K/V bytes of one cell (all layers) for a cache type, read from a real context. */
+async function kvBytesPerCell(model: LlamaModel, cacheType: CacheType): Promise<number> {
+    const context = await createKeepKvContext(model, {
+        contextSize: 256, batchSize: 16, flashAttention: true,
+        experimentalKvCacheKeyType: ggmlTypeName[cacheType], experimentalKvCacheValueType: ggmlTypeName[cacheType],
+        keepKv: { policy: "keepkv" }
+    });
+    const stats = await keepKvContextStats(context, []);
+    await context.dispose();
+    return stats.kvBytesAllocated / stats.capacityCells;
+}
+
+main().catch((err: unknown) => {
+    process.stderr.write(`bench:quality: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+});

@@ -1,0 +1,291 @@
+// npm run bench:speed -- [--json] [--model PATH] [--contexts 1024,4096,8192] [--repeats 3] [--threads 1]
+//                         [--batch-context 1024] [--batch-full-sequences 2] [--budget 0.1]
+//
+// (a) decode tokens/s at long logical contexts, for node-llama-cpp's vanilla prebuilt binary, the patched build
+//     with KeepKV off, and keepkv at a 10% budget;
+// (b) batch throughput at equal K/V memory: vanilla gets the memory of N full-length sequences, keepkv the same
+//     memory at a 10% budget (as many sequences as fit), all sequences run concurrently to the same length;
+// (c) prefill tokens/s with and without compression;
+// (d) time spent compressing, per event and per generated token.
+// Every figure is the median of repeated runs, and configurations alternate within each repeat, so that
+// every ratio is measured in the same run on a shared, noisy machine. Tokens are fed from the corpus
+// (teacher-forced) rather than sampled: the work per token is the same, and the vanilla binary can run it.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { withLock } from "lifecycle-utils";
+import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
+import { createKeepKvContext, KeepKvOptions, keepKvContextStats } from "../server/engine/keepkv.js";
+import { loadPatchedLlama, loadVanillaLlama } from "../server/engine/llama-loader.js";
+import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
+import { parseArgs } from "./lib/args.js";
+import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
+
+type RawAddon = {
+    initBatch(size: number): void,
+    addToBatch(sequenceId: number, firstTokenSequenceIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array,
+    decodeBatch(): Promise<void>,
+    removeTokenCellsFromSequence(sequenceId: number, startPos: number, endPos: number): boolean
+};
+
+const addonOf = (context: LlamaContext) => (context as unknown as { _ctx: RawAddon })._ctx;
+
+/** One decode with several sequences: each gets `tokens` from `pos`, with the logits of its last token. */
+async function decode(context: LlamaContext, items: { seq: number, pos: number, tokens: Token[] }[]): Promise<void> {
+    await withLock([context as object, "context"], async () => {
+        const a = addonOf(context);
+        a.initBatch(items.reduce((n, x) => n + x.tokens.length, 0));
+        for (const { seq, pos, tokens } of items)
+            a.addToBatch(seq, pos, Uint32Array.from(tokens), Uint32Array.from([tokens.length - 1]));
+        await a.decodeBatch();
+    });
+}
+
+/** Prefills `count` tokens into each sequence, `chunk` per decode (one sequence at a time); returns seconds. */
+async function prefill(context: LlamaContext, seqs: number[], text: Token[], count: number, chunk: number): Promise<number> {
+    const t0 = performance.now();
+    for (const seq of seqs)
+        for (let start = 0; start < count; start += chunk) {
+            const n = Math.min(chunk, count - start);
+            await decode(context, [{ seq, pos: start, tokens: text.slice(start + seq * 7, start + seq * 7 + n) }]);
+        }
+    return (performance.now() - t0) / 1000;
+}
+
+/** Decodes `steps` tokens per sequence, one at a time, all sequences in each batch; returns seconds. */
+async function decodeSteps(context: LlamaContext, seqs: number[], text: Token[], from: number, steps: number): Promise<number> {
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++)
+        await decode(context, seqs.map((seq) => ({ seq, pos: from + i, tokens: [text[(from + i + seq * 7) % text.length]!] })));
+    return (performance.now() - t0) / 1000;
+}
+
+type Engine = "vanilla" | "patched";
+type Setup = { name: string, engine: Engine, policy: "off" | "keepkv", budget: number | null };
+
+export type SpeedRow = {
+    experiment: string, policy: string, budget: number | null, contextTokens: number, sequences: number,
+    tokensPerSecond: number, ratioToVanilla: number | null,
+    kvBytes?: number, compressionShare?: number, msPerCompression?: number, msCompressionPerToken?: number
+};
+
+async function main(): Promise<void> {
+    const args = parseArgs(process.argv.slice(2), {
+        json: { type: "boolean", default: false },
+        model: { type: "string", default: defaultModelPath() },
+        corpus: { type: "string", default: corpusPath() },
+        contexts: { type: "list", default: "1024,4096,8192" },
+        repeats: { type: "number", default: 3 },
+        threads: { type: "number", default: 1 },
+        "decode-tokens": { type: "number", default: 64 },
+        budget: { type: "number", default: 0.1 },
+        "batch-context": { type: "number", default: 1024 },
+        "batch-full-sequences": { type: "number", default: 2 },
+        "prefill-tokens": { type: "number", default: 4096 }
+    });
+    const modelPath = requireFile(String(args.model), "model", "--model or KEEPKV_MODEL");
+    const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
+    const threads = Number(args.threads);
+    const budgetFraction = Number(args.budget);
+    const repeats = Number(args.repeats);
+
+    const llamas: Record<Engine, Llama> = { vanilla: await loadVanillaLlama(), patched: await loadPatchedLlama() };
+    const models: Record<Engine, LlamaModel> = {
+        vanilla: await llamas.vanilla.loadModel({ modelPath }),
+        patched: await llamas.patched.loadModel({ modelPath })
+    };
+    const corpusTokens = models.patched.tokenize(text.slice(0, 400_000));
+
+    const setups: Setup[] = [
+        { name: "vanilla", engine: "vanilla", policy: "off", budget: null },
+        { name: "off", engine: "patched", policy: "off", budget: null },
+        { name: "keepkv", engine: "patched", policy: "keepkv", budget: budgetFraction }
+    ];
+
+    async function makeContext(s: Setup, contextSize: number, sequences: number, batchSize: number, budgetCells: number | null): Promise<LlamaContext> {
+        const options = { contextSize, sequences, batchSize, threads, flashAttention: false, ignoreMemorySafetyChecks: true };
+        if (s.engine === "vanilla")
+            return await models.vanilla.createContext(options);
+        const keepKv: KeepKvOptions = s.policy === "off" ? { policy: "off" } : { policy: "keepkv", budget: budgetCells, recent: 32 };
+        return await createKeepKvContext(models.patched, { ...options, keepKv });
+    }
+
+    const rows: SpeedRow[] = [];
+    const decodeTokens = Number(args["decode-tokens"]);
+
+    // (a) decode speed at long logical contexts
+    for (const L of String(args.contexts).split(",").map(Number)) {
+        const samples = new Map<string, number[]>();
+        const extra = new Map<string, { share: number[], perEvent: number[], perToken: number[], kvBytes: number }>();
+        for (let r = 0; r < repeats; r++) {
+            for (const s of setups) {
+                progress(`(a) decode at ${L} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
+                const budgetCells = s.budget != null ? Math.floor(s.budget * L) : null;
+                const batch = budgetCells != null ? Math.min(512, budgetCells) : 512;
+                const context = await makeContext(s, L + decodeTokens + 16, 1, batch, budgetCells);
+                const sequence = s.policy === "keepkv" ? context.getSequence() : null;
+                await prefill(context, [0], corpusTokens, L - decodeTokens, batch);
+                const before = sequence != null ? await keepKvContextStats(context, [sequence]) : null;
+                const seconds = await decodeSteps(context, [0], corpusTokens, L - decodeTokens, decodeTokens);
+                samples.set(s.name, [...(samples.get(s.name) ?? []), decodeTokens / seconds]);
+                if (sequence != null && before != null) {
+                    const after = await keepKvContextStats(context, [sequence]);
+                    const cs = after.compressionSeconds - before.compressionSeconds;
+                    const events = after.compressions - before.compressions;
+                    const e = extra.get(s.name) ?? { share: [], perEvent: [], perToken: [], kvBytes: after.kvBytesAllocated };
+                    e.share.push(cs / seconds);
+                    e.perEvent.push(events > 0 ? 1000 * cs / events : 0);
+                    e.perToken.push(1000 * cs / decodeTokens);
+                    extra.set(s.name, e);
+                }
+                await context.dispose();
+            }
+        }
+        const vanilla = median(samples.get("vanilla")!);
+        for (const s of setups) {
+            const tps = median(samples.get(s.name)!);
+            rows.push({
+                experiment: "decode", policy: s.name, budget: s.budget, contextTokens: L, sequences: 1,
+                tokensPerSecond: tps, ratioToVanilla: tps / vanilla,
+                ...(extra.has(s.name) ? {
+                    kvBytes: extra.get(s.name)!.kvBytes, compressionShare: median(extra.get(s.name)!.share),
+                    msPerCompression: median(extra.get(s.name)!.perEvent), msCompressionPerToken: median(extra.get(s.name)!.perToken)
+                } : {})
+            });
+        }
+    }
+
+    // (b) batch throughput at equal K/V memory
+    {
+        const L = Number(args["batch-context"]);
+        const nFull = Number(args["batch-full-sequences"]);
+        const budgetCells = Math.floor(budgetFraction * L);
+        const batchRoom = 32;
+        const nKeep = Math.floor(nFull * L / (budgetCells + batchRoom));
+        if (nKeep > batchRoom)
+            throw new Error(`${nKeep} sequences do not fit in a batch of ${batchRoom}: use a larger --budget or a smaller --batch-context`);
+        const prompt = 32;
+        const steps = L - prompt - 8;
+        const plan: { s: Setup, sequences: number }[] = [
+            { s: setups[0]!, sequences: nFull }, { s: setups[1]!, sequences: nFull }, { s: setups[2]!, sequences: nKeep }
+        ];
+        const samples = new Map<string, number[]>();
+        const comp = new Map<string, { seconds: number[], events: number[], kvBytes: number }>();
+        for (let r = 0; r < repeats; r++) {
+            for (const { s, sequences } of plan) {
+                progress(`(b) batch throughput, ${sequences} sequences of ${L} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
+                const context = await makeContext(s, L, sequences, s.policy === "keepkv" ? batchRoom : 64, s.policy === "keepkv" ? budgetCells : null);
+                const seqIds = Array.from({ length: sequences }, (_, i) => i);
+                const handles = s.engine === "patched" ? seqIds.map(() => context.getSequence()) : [];
+                await prefill(context, seqIds, corpusTokens, prompt, prompt);
+                const seconds = await decodeSteps(context, seqIds, corpusTokens, prompt, steps);
+                samples.set(s.name, [...(samples.get(s.name) ?? []), sequences * steps / seconds]);
+                if (s.policy === "keepkv") {
+                    const stats = await keepKvContextStats(context, handles);
+                    const c = comp.get(s.name) ?? { seconds: [], events: [], kvBytes: stats.kvBytesAllocated };
+                    c.seconds.push(stats.compressionSeconds / seconds);
+                    c.events.push(stats.compressions > 0 ? 1000 * stats.compressionSeconds / stats.compressions : 0);
+                    comp.set(s.name, c);
+                }
+                await context.dispose();
+            }
+        }
+        const vanilla = median(samples.get("vanilla")!);
+        for (const { s, sequences } of plan) {
+            const tps = median(samples.get(s.name)!);
+            const c = comp.get(s.name);
+            rows.push({
+                experiment: "batch", policy: s.name, budget: s.budget, contextTokens: L, sequences,
+                tokensPerSecond: tps, ratioToVanilla: tps / vanilla,
+                ...(c != null ? { kvBytes: c.kvBytes, compressionShare: median(c.seconds), msPerCompression: median(c.events) } : {})
+            });
+        }
+    }
+
+    // (c) prefill with and without compression, (d) compression cost during decode at a long context
+    {
+        const P = Number(args["prefill-tokens"]);
+        const samples = new Map<string, number[]>();
+        const decodeShare: number[] = [];
+        const perEvent: number[] = [];
+        const perToken: number[] = [];
+        for (let r = 0; r < repeats; r++) {
+            for (const s of setups) {
+                progress(`(c) prefill of ${P} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
+                const budgetCells = s.budget != null ? Math.floor(s.budget * P) : null;
+                const batch = budgetCells != null ? Math.min(512, budgetCells) : 512;
+                const context = await makeContext(s, P + decodeTokens + 16, 1, batch, budgetCells);
+                const seconds = await prefill(context, [0], corpusTokens, P, batch);
+                samples.set(s.name, [...(samples.get(s.name) ?? []), P / seconds]);
+                if (s.policy === "keepkv") {
+                    const sequence = context.getSequence();
+                    const before = await keepKvContextStats(context, [sequence]);
+                    const dt = await decodeSteps(context, [0], corpusTokens, P, decodeTokens);
+                    const after = await keepKvContextStats(context, [sequence]);
+                    const cs = after.compressionSeconds - before.compressionSeconds;
+                    const events = after.compressions - before.compressions;
+                    decodeShare.push(cs / dt);
+                    perEvent.push(events > 0 ? 1000 * cs / events : 0);
+                    perToken.push(1000 * cs / decodeTokens);
+                }
+                await context.dispose();
+            }
+        }
+        const vanilla = median(samples.get("vanilla")!);
+        for (const s of setups) {
+            const tps = median(samples.get(s.name)!);
+            rows.push({
+                experiment: "prefill", policy: s.name, budget: s.budget, contextTokens: P, sequences: 1,
+                tokensPerSecond: tps, ratioToVanilla: tps / vanilla,
+                ...(s.policy === "keepkv" ? {
+                    compressionShare: median(decodeShare), msPerCompression: median(perEvent), msCompressionPerToken: median(perToken)
+                } : {})
+            });
+        }
+    }
+
+    const out = {
+        machine: machineInfo(),
+        model: path.basename(modelPath),
+        threads,
+        repeats,
+        note: `stories3M was trained on 512 positions: the longer contexts here measure speed only. Tokens are fed from the corpus. Ratios are against node-llama-cpp's vanilla prebuilt binary, measured in the same run; figures are medians of ${repeats} runs.`,
+        rows
+    };
+
+    const pct = (v: number | undefined) => v == null ? "" : (100 * v).toFixed(1) + "%";
+    const columns = [
+        { title: "experiment", value: (r: SpeedRow) => r.experiment },
+        { title: "setup", value: (r: SpeedRow) => r.policy + (r.budget != null ? ` ${r.budget}` : "") },
+        { title: "context", value: (r: SpeedRow) => String(r.contextTokens) },
+        { title: "sequences", value: (r: SpeedRow) => String(r.sequences) },
+        { title: "tokens/s", value: (r: SpeedRow) => r.tokensPerSecond.toFixed(1) },
+        { title: "vs vanilla", value: (r: SpeedRow) => r.ratioToVanilla == null ? "" : r.ratioToVanilla.toFixed(2) + "x" },
+        { title: "compression share", value: (r: SpeedRow) => pct(r.compressionShare) },
+        { title: "ms per compression", value: (r: SpeedRow) => r.msPerCompression?.toFixed(2) ?? "" },
+        { title: "compression ms per token", value: (r: SpeedRow) => r.msCompressionPerToken?.toFixed(3) ?? "" }
+    ];
+    const dir = resultsDir("speed");
+    fs.writeFileSync(path.join(dir, "speed.json"), JSON.stringify(out, null, 2) + "\n");
+    fs.writeFileSync(path.join(dir, "speed.md"), `${out.note}\n\n${out.machine.cpu}, ${out.machine.cores} cores, ${threads} thread(s).\n\n` + markdownTable(rows, columns));
+    const svg = lineChartSvg({
+        title: `Decode speed against logical context (${out.model})`, xLabel: "logical context (tokens)", yLabel: "tokens/s",
+        series: setups.map((s) => ({ name: s.name, points: rows.filter((r) => r.experiment === "decode" && r.policy === s.name).map((r) => ({ x: r.contextTokens, y: r.tokensPerSecond })) }))
+    });
+    fs.writeFileSync(path.join(dir, "speed.svg"), svg);
+    await svgToPng(svg, path.join(dir, "speed.png"));
+
+    if (args.json)
+        process.stdout.write(JSON.stringify(out) + "\n");
+    else
+        process.stdout.write(textTable(rows, columns) + `\n${out.note}\nwritten: ${dir}/speed.{json,md,svg,png}\n`);
+
+    for (const e of ["vanilla", "patched"] as const) {
+        await models[e].dispose();
+        await llamas[e].dispose();
+    }
+}
+
+main().catch((err: unknown) => {
+    process.stderr.write(`bench:speed: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+});
