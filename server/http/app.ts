@@ -9,7 +9,10 @@ import type { ModelSwitcher } from "../models/model-switcher.js";
 import { ApiError, toWireError } from "../protocol/errors.js";
 import { describeSchemaError, schemas, validators } from "../protocol/schemas.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
+import { effectiveAllowedHosts, hostAllowed } from "../security/hosts.js";
+import type { RateLimiter } from "../security/rate-limit.js";
 import { authorized, originAllowed } from "./auth.js";
+import { addDashboardApi, addDashboardPages } from "./dashboard-routes.js";
 import { addOpenAiRoutes, sendError } from "./openai-routes.js";
 
 export type AppDeps = {
@@ -21,7 +24,9 @@ export type AppDeps = {
     switcher: ModelSwitcher,
     /** the model path given at startup (listed even when outside the models folder) */
     startupModel: string,
-    isShuttingDown: () => boolean
+    isShuttingDown: () => boolean,
+    /** the per-client request rate, shared with the WebSocket API */
+    rateLimiter?: RateLimiter
 };
 
 function engineReport(engine: EngineSupervisor) {
@@ -31,7 +36,11 @@ function engineReport(engine: EngineSupervisor) {
         pid: engine.pid,
         restarts: engine.restarts,
         rss_bytes: engine.rssBytes,
-        last_exit: exit == null ? null : { reason: exit.reason, code: exit.code, signal: exit.signal, at: exit.at }
+        last_exit: exit == null ? null : { reason: exit.reason, code: exit.code, signal: exit.signal, at: exit.at },
+        // why the engine cannot start again (a restart failed), until it can
+        last_start_error: engine.lastStartError,
+        // the serving model's file on disk: ok, missing or changed since the engine loaded it
+        model_file: engine.modelFileState()
     };
 }
 
@@ -40,6 +49,17 @@ export function createApp(deps: AppDeps): express.Express {
     const app = express();
     app.disable("x-powered-by");
     app.set("etag", false);
+
+    // DNS rebinding: only Host names of this machine (or allowed-hosts) when bound to loopback
+    const allowedHosts = effectiveAllowedHosts(config.host, config.allowedHosts);
+    app.use((req: Request, res: Response, next: NextFunction) => {
+        if (hostAllowed(req.headers.host, allowedHosts)) {
+            next();
+            return;
+        }
+        metrics.requestRefused("forbidden_host");
+        sendError(res, { code: "forbidden_host", message: "this Host is not allowed (allowed-hosts)" });
+    });
 
     // browsers: only allowed origins; the preflight is answered here
     app.use((req: Request, res: Response, next: NextFunction) => {
@@ -67,15 +87,24 @@ export function createApp(deps: AppDeps): express.Express {
         const ready = engine.state === "ready" && scheduler.model != null && !deps.isShuttingDown();
         if (!ready)
             res.status(503).json({
-                error: { code: 503, message: deps.isShuttingDown() ? "Shutting down" : "Loading model", type: "unavailable_error" },
+                error: {
+                    code: 503,
+                    message: deps.isShuttingDown() ? "Shutting down" : engine.lastStartError != null ? "Engine unavailable" : "Loading model",
+                    type: "unavailable_error"
+                },
                 engine: engineReport(engine)
             });
         else
             res.json({ status: "ok", model: scheduler.model!.name, engine: engineReport(engine) });
     });
 
+    // the dashboard's page and modules hold no data: served without a token (the page sends it to the API)
+    addDashboardPages(app);
+
     app.use((req: Request, res: Response, next: NextFunction) => {
-        const key = req.path === "/metrics" ? (config.metricsApiKey ?? config.apiKey) : config.apiKey;
+        // routing ignores case and a trailing slash: so must the choice of token
+        const isMetrics = req.path.toLowerCase().replace(/\/+$/, "") === "/metrics";
+        const key = isMetrics ? (config.metricsApiKey ?? config.apiKey) : config.apiKey;
         if (!authorized(req.headers.authorization, key)) {
             metrics.requestRefused("unauthorized");
             res.set("WWW-Authenticate", "Bearer");
@@ -210,7 +239,9 @@ export function createApp(deps: AppDeps): express.Express {
     });
 
     const router = express.Router();
-    addOpenAiRoutes(router, scheduler, metrics, config.wsMaxBufferedBytes);
+    addOpenAiRoutes(router, scheduler, metrics, config.wsMaxBufferedBytes,
+        deps.rateLimiter != null ? { rateLimiter: deps.rateLimiter, trustProxy: config.trustProxy } : undefined);
+    addDashboardApi(router, { config, scheduler, engine });
     app.use(router);
 
     app.use((req: Request, res: Response) => {
@@ -224,6 +255,10 @@ export function createApp(deps: AppDeps): express.Express {
             sendError(res, { code: "invalid_json", message: `the body is not valid JSON: ${(err as Error).message}` });
         else if (err instanceof ApiError)
             sendError(res, toWireError(err));
+        else if (typeof (err as { status?: unknown }).status === "number" && (err as { status: number }).status >= 400 && (err as { status: number }).status < 500)
+            // the client's fault, found by express or body-parser: a bad URL encoding, an unsupported
+            // charset or content encoding, an aborted body
+            sendError(res, { code: "invalid_message", message: `bad request: ${(err as Error).message}` });
         else
             sendError(res, { code: "internal_error", message: (err as Error)?.message ?? String(err) });
     });
