@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { optionError, type LoadedConfig } from "./config/load-config.js";
 import { effectiveModelsDir, type ServerConfig } from "./config/options.js";
 import { KeepKvError, resolveKeepKvSettings } from "./engine/keepkv.js";
+import { checkMemory } from "./engine/memory-estimate.js";
 import { EngineSupervisor } from "./engine/supervisor.js";
 import { createApp } from "./http/app.js";
 import type { Logger } from "./logger.js";
@@ -16,7 +17,10 @@ import { engineSettingsFor } from "./models/engine-settings.js";
 import { inspectModelFile } from "./models/gguf-inspect.js";
 import { ModelCatalog } from "./models/model-catalog.js";
 import { ModelSwitcher } from "./models/model-switcher.js";
+import { openAiErrorBody } from "./protocol/errors.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { effectiveAllowedHosts } from "./security/hosts.js";
+import { RateLimiter } from "./security/rate-limit.js";
 import { WsGateway } from "./ws/ws-gateway.js";
 
 export type RunningServer = {
@@ -52,6 +56,11 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
     }
     if (config.policy !== "off" && !inspection.keepKvSupported)
         throw optionError(loaded, "policy", `cannot run on ${inspection.id}: ${inspection.keepKvReason}`);
+    // a context too large for memory: refused here, before llama.cpp allocates (and clears) it
+    const memory = await checkMemory(settings, config.memoryLimit);
+    if (!memory.fits)
+        throw optionError(loaded, config.budget != null ? "budget" : config.contextSize > 0 ? "contextSize" : "sequences",
+            `cannot fit in memory with ${inspection.id}: it ${memory.message}`);
 
     const metrics = new ServerMetrics();
     const scheduler = new Scheduler({
@@ -88,19 +97,34 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
     const switcher = new ModelSwitcher(config, catalog, engine, scheduler, metrics, log);
 
     let shuttingDown = false;
+    const rateLimiter = new RateLimiter(config.rateLimit);
     const app = createApp({
         config, scheduler, engine, metrics, catalog, switcher, startupModel: modelPath,
-        isShuttingDown: () => shuttingDown
+        isShuttingDown: () => shuttingDown, rateLimiter
     });
     const server = http.createServer(app);
     server.keepAliveTimeout = 5000;
+    // a request that is not valid HTTP gets a JSON error like any other, then the connection closes
+    server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
+        if (err.code === "ECONNRESET" || !socket.writable) {
+            socket.destroy();
+            return;
+        }
+        const status = err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "408 Request Timeout"
+            : err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : "400 Bad Request";
+        const body = JSON.stringify(openAiErrorBody({ code: "invalid_message", message: `malformed HTTP request (${err.code ?? "parse error"})` }));
+        socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
     const gateway = new WsGateway(server, scheduler, metrics, log, {
         apiKey: config.apiKey,
         allowedOrigins: config.allowedOrigins,
         maxMessageBytes: config.maxMessageBytes,
         maxRequestsPerSocket: config.maxRequestsPerSocket,
         maxBufferedBytes: config.wsMaxBufferedBytes,
-        pingIntervalMs: config.wsPingInterval * 1000
+        pingIntervalMs: config.wsPingInterval * 1000,
+        allowedHosts: effectiveAllowedHosts(config.host, config.allowedHosts),
+        rateLimiter,
+        trustProxy: config.trustProxy
     });
 
     await new Promise<void>((resolve, reject) => {

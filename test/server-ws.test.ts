@@ -288,7 +288,9 @@ describe("WebSocket API with a token", function () {
     });
 
     it("accepts the token as the first message, and closes with 1008 when it is missing or wrong", async function () {
-        const client = await WsTestClient.connect(server.wsUrl);
+        // (first-message auth is for browser pages, which cannot set headers: they always send an Origin)
+        const browser = { headers: { Origin: server.url } };
+        const client = await WsTestClient.connect(server.wsUrl, browser);
         assert.equal(client.hello.auth_required, true);
         const ok = client.next((m) => m.type === "auth_ok");
         client.send({ type: "auth", token });
@@ -296,13 +298,13 @@ describe("WebSocket API with a token", function () {
         assert.equal((await client.chat({ prompt: "Once", max_tokens: 5 }).done).type, "final");
         await client.close();
 
-        const noAuth = await WsTestClient.connect(server.wsUrl);
+        const noAuth = await WsTestClient.connect(server.wsUrl, browser);
         const refusal = noAuth.nextError(null);
         noAuth.send({ type: "chat", id: "a", prompt: "hi" });
         assert.equal((await refusal).code, "unauthorized");
         assert.equal((await noAuth.closed).code, 1008);
 
-        const wrong = await WsTestClient.connect(server.wsUrl);
+        const wrong = await WsTestClient.connect(server.wsUrl, browser);
         wrong.send({ type: "auth", token: "nope" });
         assert.equal((await wrong.closed).code, 1008);
     });

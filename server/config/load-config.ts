@@ -139,6 +139,11 @@ function explain(error: ErrorObject): { key: string, message: string } {
     return { key, message: error.message ?? "is invalid" };
 }
 
+/** A value for an error message: secrets (API keys) are never printed. */
+function shown(key: keyof ServerConfig, value: unknown): string {
+    return optionDecls[key].secret === true ? "a hidden value" : JSON.stringify(value);
+}
+
 /** Loads and validates the configuration. Throws ConfigError naming the option on any problem. */
 export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): LoadedConfig & { action: CliAction } {
     const args = parseArgs(argv);
@@ -176,7 +181,7 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
             throw new ConfigError(`invalid configuration: "${key}" in ${configFile ?? "the config file"} ${message}`, key);
         const source = sources[key as keyof ServerConfig];
         throw new ConfigError(
-            `invalid configuration: ${describeOption(key)} ${message} (got ${JSON.stringify(merged[key])}, ${describeSource(source, configFile)})`, key);
+            `invalid configuration: ${describeOption(key)} ${message} (got ${shown(key as keyof ServerConfig, merged[key])}, ${describeSource(source, configFile)})`, key);
     }
     return { config: merged as ServerConfig, sources, configFile, action: args.action };
 }
@@ -184,5 +189,5 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
 /** An error about one option after loading (checks that need the model), worded like the schema errors. */
 export function optionError(loaded: LoadedConfig, key: keyof ServerConfig, message: string): ConfigError {
     return new ConfigError(
-        `invalid configuration: ${describeOption(key)} ${message} (got ${JSON.stringify(loaded.config[key])}, ${describeSource(loaded.sources[key], loaded.configFile)})`, key);
+        `invalid configuration: ${describeOption(key)} ${message} (got ${shown(key, loaded.config[key])}, ${describeSource(loaded.sources[key], loaded.configFile)})`, key);
 }

@@ -3,7 +3,8 @@
 // config-file schema are all generated from this table.
 import * as path from "node:path";
 import {
-    keepKvDefaults, keepKvOptionDocs, keepKvPolicies, keepKvVariants, type KeepKvPolicy, type KeepKvVariant
+    keepKvDefaults, keepKvOptionDocs, keepKvPolicies, keepKvSelections, keepKvVariants, type KeepKvPolicy, type KeepKvSelection,
+    type KeepKvVariant
 } from "../engine/keepkv.js";
 import { defaultModelPath } from "../engine/model-paths.js";
 
@@ -37,6 +38,7 @@ export type ServerConfig = {
     chatTemplate: ChatTemplateMode,
     policy: KeepKvPolicy,
     variant: KeepKvVariant,
+    selection: KeepKvSelection,
     budget: number | null,
     sinks: number,
     recent: number,
@@ -56,9 +58,13 @@ export type ServerConfig = {
     shutdownGrace: number,
     wsPingInterval: number,
     wsMaxBufferedBytes: number,
+    rateLimit: number,
+    memoryLimit: number,
     apiKey: string | null,
     metricsApiKey: string | null,
-    allowedOrigins: string[]
+    allowedOrigins: string[],
+    allowedHosts: string[],
+    trustProxy: boolean
 };
 
 export type OptionGroup = "server" | "model" | "keepkv" | "limits" | "security";
@@ -167,6 +173,10 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         group: "keepkv", schema: { type: "string", enum: keepKvVariants }, default: keepKvDefaults.variant,
         doc: keepKvOptionDocs.variant.doc
     },
+    selection: {
+        group: "keepkv", schema: { type: "string", enum: keepKvSelections }, default: keepKvDefaults.selection,
+        doc: capitalize(keepKvOptionDocs.selection.doc)
+    },
     budget: {
         group: "keepkv", schema: { type: ["number", "null"], exclusiveMinimum: 0 }, default: keepKvDefaults.budget,
         defaultDoc: "none",
@@ -186,7 +196,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     chunk: {
         group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.chunk,
-        defaultDoc: "0 (budget/16)",
+        defaultDoc: "0 (budget/8)",
         doc: capitalize(keepKvOptionDocs.chunk.doc)
     },
     observed: {
@@ -247,10 +257,20 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         group: "limits", schema: { type: "integer", minimum: 1024 }, default: 4194304,
         doc: "Bytes a WebSocket client may leave unread. Token deltas are coalesced while it lags; beyond this it is disconnected (close code 1008)."
     },
+    rateLimit: {
+        group: "limits", schema: { type: "number", minimum: 0 }, default: 0,
+        defaultDoc: "0 (no limit)",
+        doc: "Chat and completion requests per minute per client address (WebSocket and HTTP together); a client may send this many at once, then one every 60/N seconds. More fail with `rate_limited`."
+    },
+    memoryLimit: {
+        group: "limits", schema: { type: "integer", minimum: 0 }, default: 0,
+        defaultDoc: "0 (the memory available when the model loads)",
+        doc: "Bytes the engine may use for model weights, KV cache and compute buffers, estimated from the GGUF header before anything loads. A start that would need more stops with a message naming the options to lower; a model switch is refused with `insufficient_memory` (the new model loads beside the serving one, so the engine's current memory counts too)."
+    },
     apiKey: {
         group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null, secret: true,
         defaultDoc: "none",
-        doc: "Bearer token required by every endpoint except `/health` (HTTP `Authorization: Bearer ...`; WebSocket: the same header or a first `auth` message)."
+        doc: "Bearer token required by every endpoint except `/health` (HTTP `Authorization: Bearer ...`; WebSocket upgrades: the same header, or for a browser page, which cannot set it, a first `auth` message). Prefer the environment variable or the config file: a command-line value is visible to other local users in the process list."
     },
     metricsApiKey: {
         group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null, secret: true,
@@ -261,6 +281,15 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         group: "security", schema: { type: "array", items: { type: "string", minLength: 1 } }, default: [],
         defaultDoc: "none (same origin only)",
         doc: "Browser origins allowed to call the API and open WebSockets (comma-separated on the command line; `*` allows all). Requests without an Origin header are always allowed."
+    },
+    allowedHosts: {
+        group: "security", schema: { type: "array", items: { type: "string", minLength: 1 } }, default: [],
+        defaultDoc: "none (loopback names when bound to loopback; any when bound to another address)",
+        doc: "Host names the server answers to besides localhost, 127.0.0.1 and [::1] (comma-separated; `*` allows any). Stops DNS rebinding: a web page whose name resolves to this machine is refused with `forbidden_host`. When the server binds a non-loopback address and this is empty, any Host is accepted."
+    },
+    trustProxy: {
+        group: "security", schema: { type: "boolean" }, default: false,
+        doc: "Behind a reverse proxy: take the client address (for `rate-limit`) from the last entry of X-Forwarded-For instead of the connection."
     }
 };
 

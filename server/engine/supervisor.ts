@@ -2,8 +2,10 @@
 // it dies or hangs, reloading the model it served, and tells its listener what happened so that the
 // requests it held can be answered.
 import { fork, type ChildProcess } from "node:child_process";
+import * as fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.js";
+import { inspectModelFile } from "../models/gguf-inspect.js";
 import {
     monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type ToEngine
 } from "./ipc.js";
@@ -32,6 +34,23 @@ export interface EngineListener {
     onStats(stats: EngineStatsSnapshot): void;
     /** whether jobs are running (the watchdog only expects messages then) */
     busy(): boolean;
+    /** a restart attempt failed (the model file went missing or bad, or the engine died loading it); another follows */
+    onRestartFailed?(message: string): void;
+}
+
+/** The serving model's file compared with what the engine loaded: a file replaced or deleted on disk
+ *  keeps serving from memory until the next engine start, which needs the file again. */
+export type ModelFileState = "ok" | "missing" | "changed";
+
+type FileIdentity = { dev: number, ino: number, size: number, mtimeMs: number };
+
+function fileIdentity(file: string): FileIdentity | null {
+    try {
+        const stat = fs.statSync(file);
+        return { dev: stat.dev, ino: stat.ino, size: stat.size, mtimeMs: stat.mtimeMs };
+    } catch {
+        return null;
+    }
 }
 
 export class EngineStartError extends Error {
@@ -71,6 +90,10 @@ export class EngineSupervisor {
     private stderrTail: string[] = [];
     private stderrSinceMark: string[] = [];
     private killReason: string | null = null;
+    private lastStartErrorValue: { message: string, at: string } | null = null;
+    private reportedFileState: ModelFileState | null = "ok";
+    private fileCheckAt = 0;
+    private loadedFile: FileIdentity | null = null;
     private readonly opts: Required<SupervisorOptions>;
 
     constructor(private readonly listener: EngineListener, private readonly log: Logger, opts: SupervisorOptions) {
@@ -85,13 +108,29 @@ export class EngineSupervisor {
     get pid(): number | null { return this.child?.pid ?? null; }
     get rssBytes(): number { return this.lastRss; }
     get activeSettings(): EngineModelSettings | null { return this.settings; }
+    /** why the last restart attempt failed, until one succeeds */
+    get lastStartError(): { message: string, at: string } | null { return this.lastStartErrorValue; }
+
+    /** Whether the serving model's file is still the one the engine loaded. */
+    modelFileState(): ModelFileState | null {
+        if (this.settings == null || this.loadedFile == null)
+            return null;
+        const now = fileIdentity(this.settings.modelPath);
+        if (now == null)
+            return "missing";
+        const was = this.loadedFile;
+        return now.dev === was.dev && now.ino === was.ino && now.size === was.size && now.mtimeMs === was.mtimeMs ? "ok" : "changed";
+    }
 
     /** Starts the engine and waits until it serves. Fails (without retrying) when the first start fails. */
     async start(settings: EngineModelSettings): Promise<EngineModelInfo> {
         this.settings = settings;
         this.stateValue = "starting";
         const ready = await this.spawn();
-        this.watchdog = setInterval(() => this.checkStall(), 1000);
+        this.watchdog = setInterval(() => {
+            this.checkStall();
+            this.checkModelFile();
+        }, 1000);
         this.watchdog.unref();
         return ready;
     }
@@ -101,7 +140,12 @@ export class EngineSupervisor {
             return false;
         if (message.t === "generate")
             this.lastJobActivityAt = monoMs();
-        this.child.send(message);
+        // an engine that died a moment ago (its exit not yet seen) makes the write fail: the exit handler
+        // deals with its requests, the failed write must not become an uncaught error
+        this.child.send(message, (err) => {
+            if (err != null)
+                this.log.debug("message to the engine not delivered", { t: message.t, error: err.message });
+        });
         return true;
     }
 
@@ -140,6 +184,8 @@ export class EngineSupervisor {
             throw new Error(`unexpected engine reply ${reply.t}`);
         this.settings = settings;
         this.infoValue = reply.info;
+        this.loadedFile = fileIdentity(settings.modelPath);
+        this.reportedFileState = "ok";
         this.listener.onReady(reply.info, reply.stats);
         return reply.info;
     }
@@ -165,7 +211,10 @@ export class EngineSupervisor {
         }
         const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
         if (child.connected)
-            child.send({ t: "shutdown" } satisfies ToEngine);
+            child.send({ t: "shutdown" } satisfies ToEngine, (err) => {
+                if (err != null)
+                    child.kill("SIGTERM");
+            });
         else
             child.kill("SIGTERM");
         const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
@@ -190,6 +239,9 @@ export class EngineSupervisor {
 
     private spawn(): Promise<EngineModelInfo> {
         const settings = this.settings!;
+        // what the engine is about to map: a later change on disk shows in modelFileState()
+        this.loadedFile = fileIdentity(settings.modelPath);
+        this.reportedFileState = "ok";
         return new Promise((resolve, reject) => {
             this.stderrTail = [];
             this.killReason = null;
@@ -223,6 +275,7 @@ export class EngineSupervisor {
                     case "ready":
                         this.stateValue = "ready";
                         this.infoValue = message.info;
+                        this.lastStartErrorValue = null;
                         this.readyAt = now;
                         this.lastHeartbeatAt = now;
                         this.lastRss = message.stats.rssBytes;
@@ -236,13 +289,20 @@ export class EngineSupervisor {
                             resolve(message.info);
                         }
                         return;
-                    case "init_failed":
-                        if (!settled) {
-                            settled = true;
-                            reject(new EngineStartError(message.code, message.message));
-                        }
-                        this.log.error("engine could not load the model", { code: message.code, error: message.message });
+                    case "init_failed": {
+                        if (settled)
+                            return;
+                        settled = true;
+                        // llama.cpp says why on stderr ("failed to allocate buffer for kv cache"), on another
+                        // pipe than this message: give its lines a moment to arrive
+                        setTimeout(() => {
+                            const why = [...new Set(this.stderrTail.map((l) => l.replace(/^\[node-llama-cpp\]\s*/, "")))].slice(-2);
+                            const text = why.length > 0 ? `${message.message} (${why.join("; ")})` : message.message;
+                            this.log.error("engine could not load the model", { code: message.code, error: text });
+                            reject(new EngineStartError(message.code, text));
+                        }, 100);
                         return;
+                    }
                     case "heartbeat":
                         this.lastHeartbeatAt = now;
                         this.lastRss = message.rssBytes;
@@ -269,6 +329,8 @@ export class EngineSupervisor {
                         this.listener.onJobMessage(message, now);
                 }
             });
+            // (a failed IPC write lands here when no callback took it; never let it escape)
+            child.on("error", (err) => this.log.warn("engine process error", { pid: child.pid, error: err.message }));
             child.on("exit", (code, signal) => {
                 if (this.child === child)
                     this.child = null;
@@ -302,7 +364,10 @@ export class EngineSupervisor {
                 this.listener.onLost(exit);
                 this.scheduleRestart(monoMs());
             });
-            child.send({ t: "init", settings } satisfies ToEngine);
+            child.send({ t: "init", settings } satisfies ToEngine, (err) => {
+                if (err != null)
+                    this.log.warn("could not send the engine its settings", { pid: child.pid, error: err.message });
+            });
         });
     }
 
@@ -318,14 +383,52 @@ export class EngineSupervisor {
             if (this.stateValue !== "restarting")
                 return;
             this.stateValue = "starting";
-            this.spawn().catch((err: unknown) => {
-                this.log.error("engine restart failed", { error: (err as Error).message });
+            this.respawn().catch((err: unknown) => {
+                const message = (err as Error).message;
+                this.log.error("engine restart failed", { error: message });
                 if (this.stateValue === "starting") {
                     this.stateValue = "restarting";
+                    this.lastStartErrorValue = { message, at: new Date().toISOString() };
+                    this.listener.onRestartFailed?.(message);
                     this.scheduleRestart(monoMs());
                 }
             });
         }, delay);
+    }
+
+    /**
+     * A restart: the model file is checked first (no native code), so that a file deleted, truncated or
+     * replaced by something that is not a model while the server ran gives a clear reason instead of an
+     * engine that dies loading it.
+     */
+    private async respawn(): Promise<EngineModelInfo> {
+        const file = this.settings!.modelPath;
+        const inspection = await inspectModelFile(file);
+        if (!inspection.valid)
+            throw new EngineStartError("MODEL_FILE_INVALID", `the model file ${file} cannot be loaded: ${inspection.error}`);
+        if (this.stateValue !== "starting")
+            throw new EngineStartError("ENGINE_STOPPING", "the server is stopping");
+        return await this.spawn();
+    }
+
+    /** Every few seconds: says once in the log when the serving model's file is deleted or changed. */
+    private checkModelFile(): void {
+        const now = monoMs();
+        if (this.stateValue !== "ready" || now - this.fileCheckAt < 5000)
+            return;
+        this.fileCheckAt = now;
+        const state = this.modelFileState();
+        if (state === this.reportedFileState)
+            return;
+        this.reportedFileState = state;
+        const file = this.settings?.modelPath;
+        if (state === "missing")
+            this.log.warn("the model file was deleted: the engine serves what it loaded, but cannot start again until the file is back", { file });
+        else if (state === "changed")
+            this.log.warn("the model file changed on disk: the engine maps its weights from the file, so a file modified in place changes (or crashes) "
+                + "what it computes; the next engine start loads the new file", { file });
+        else if (state === "ok")
+            this.log.info("the model file is back as loaded", { file });
     }
 
     private checkStall(): void {

@@ -9,6 +9,10 @@ import type { ChatMessage, SamplingParams } from "../protocol/ws-messages.js";
 import { requestSpec } from "../scheduler/request-spec.js";
 import type { FinalResult, ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
+import { clientAddress } from "../security/hosts.js";
+import type { RateLimiter } from "../security/rate-limit.js";
+
+export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean };
 
 type ContentPart = { type: "text", text: string };
 type OpenAiMessage = { role: "system" | "developer" | "user" | "assistant", content?: string | null | ContentPart[] };
@@ -45,15 +49,22 @@ function usageOf(result: FinalResult) {
     };
 }
 
-export function addOpenAiRoutes(router: Router, scheduler: Scheduler, metrics: ServerMetrics, maxBufferedBytes: number): void {
-    router.post("/v1/chat/completions", (req, res) => handle(req, res, "chat", scheduler, metrics, maxBufferedBytes));
-    router.post("/v1/completions", (req, res) => handle(req, res, "completion", scheduler, metrics, maxBufferedBytes));
+export function addOpenAiRoutes(router: Router, scheduler: Scheduler, metrics: ServerMetrics, maxBufferedBytes: number, rate?: HttpRateLimit): void {
+    router.post("/v1/chat/completions", (req, res) => handle(req, res, "chat", scheduler, metrics, maxBufferedBytes, rate));
+    router.post("/v1/completions", (req, res) => handle(req, res, "completion", scheduler, metrics, maxBufferedBytes, rate));
 }
 
-function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, metrics: ServerMetrics, maxBufferedBytes: number): void {
+function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, metrics: ServerMetrics, maxBufferedBytes: number, rate?: HttpRateLimit): void {
     const validate = kind === "chat" ? validators.chatCompletions : validators.completions;
     if (!validate(req.body)) {
         sendError(res, { code: "invalid_message", message: describeSchemaError(validate.errors) });
+        return;
+    }
+    const decision = rate?.rateLimiter.take(clientAddress(req, rate.trustProxy));
+    if (decision != null && !decision.ok) {
+        metrics.requestRefused("rate_limited");
+        res.set("Retry-After", String(decision.retryAfterS));
+        sendError(res, { code: "rate_limited", message: `more than ${rate!.rateLimiter.perMinute} requests per minute from this client (rate-limit); retry in ${decision.retryAfterS} s` });
         return;
     }
     const body = req.body as OpenAiBody;

@@ -26,6 +26,7 @@ export function engineSettingsFor(config: ServerConfig, modelPath: string, train
         keepKv: {
             policy: config.policy,
             variant: config.variant,
+            selection: config.selection,
             budget: config.budget,
             sinks: config.sinks,
             recent: config.recent,

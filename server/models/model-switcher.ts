@@ -3,6 +3,7 @@
 // models swapped. Any failure leaves the previous model serving.
 import type { ServerConfig } from "../config/options.js";
 import { resolveKeepKvSettings } from "../engine/keepkv.js";
+import { checkMemory } from "../engine/memory-estimate.js";
 import type { EngineModelInfo, EngineModelSettings } from "../engine/ipc.js";
 import type { EngineSupervisor } from "../engine/supervisor.js";
 import type { Logger } from "../logger.js";
@@ -38,6 +39,14 @@ export class ModelSwitcher {
         if (!inspection.valid)
             throw this.refused(inspection, inspection.error ?? "invalid model");
         const settings = this.settingsFor(inspection);
+        // the new model loads beside the serving one: with a memory limit, what the engine holds counts
+        const memory = await checkMemory(settings, this.config.memoryLimit, this.config.memoryLimit > 0 ? this.engine.rssBytes : 0);
+        if (!memory.fits) {
+            this.metrics.modelLoadFailed();
+            const serving = this.scheduler.model?.name;
+            throw new ApiError("insufficient_memory",
+                `cannot load model "${inspection.id}": it ${memory.message}${serving != null ? `; still serving "${serving}"` : ""}`);
+        }
 
         if (this.busy)
             throw new ApiError("model_switching", "another model switch is in progress");

@@ -27,10 +27,11 @@ const samplingProperties = {
     min_p: { type: "number", minimum: 0, maximum: 1 },
     repeat_penalty: { type: "number", minimum: 0, maximum: 10 },
     seed: { type: "integer" },
+    // bounded: the engine looks for every stop string in the text after each token
     stop: {
         anyOf: [
-            { type: "string", minLength: 1 },
-            { type: "array", items: { type: "string", minLength: 1 }, maxItems: 8 },
+            { type: "string", minLength: 1, maxLength: 256 },
+            { type: "array", items: { type: "string", minLength: 1, maxLength: 256 }, maxItems: 8 },
             { type: "null" }
         ]
     }
@@ -267,8 +268,10 @@ export function describeSchemaError(errors: ErrorObject[] | null | undefined): s
         return "invalid message";
     const field = error.instancePath === "" ? "" : error.instancePath.slice(1).replace(/\//g, ".");
     switch (error.keyword) {
-        case "additionalProperties":
-            return `unknown field "${(error.params as { additionalProperty: string }).additionalProperty}"${field === "" ? "" : ` in ${field}`}`;
+        case "additionalProperties": {
+            const name = (error.params as { additionalProperty: string }).additionalProperty;
+            return `unknown field ${JSON.stringify(name.length > 64 ? name.slice(0, 64) + "..." : name)}${field === "" ? "" : ` in ${field}`}`;
+        }
         case "required":
             return `missing field "${field === "" ? "" : field + "."}${(error.params as { missingProperty: string }).missingProperty}"`;
         case "oneOf":

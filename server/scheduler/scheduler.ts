@@ -110,6 +110,8 @@ export class Scheduler implements EngineListener {
     private readonly idleTimer: NodeJS.Timeout;
     private readonly drainWaiters: (() => void)[] = [];
     private modelInfo: EngineModelInfo | null = null;
+    /** why the engine cannot start again (a restart failed), until one succeeds: requests fail fast */
+    private engineFailure: string | null = null;
     private onReadyHooks: ((info: EngineModelInfo) => void)[] = [];
 
     constructor(
@@ -151,6 +153,8 @@ export class Scheduler implements EngineListener {
     submit(spec: RequestSpec, sink: RequestSink): ScheduledRequest {
         if (this.closed)
             throw new ApiError("shutting_down", "the server is shutting down");
+        if (this.engineFailure != null)
+            throw new ApiError("engine_unavailable", this.engineFailure);
         if (spec.conversationId != null && (this.slots.conversationRunning(spec.conversationId)
             || this.queue.some((r) => r.spec.conversationId === spec.conversationId)))
             throw new ApiError("conversation_busy", `conversation "${spec.conversationId}" already has a request in flight; send the next turn after its final message`);
@@ -225,6 +229,7 @@ export class Scheduler implements EngineListener {
 
     onReady(info: EngineModelInfo, stats: EngineStatsSnapshot): void {
         this.modelInfo = info;
+        this.engineFailure = null;
         this.slots.reset(info.sequences);
         // hooks first: they tell the metrics about the new context before its first statistics
         for (const hook of this.onReadyHooks)
@@ -247,6 +252,16 @@ export class Scheduler implements EngineListener {
         }
         this.slots.reset(this.slots.size);
         this.metrics.engineRestarted();
+        this.updateGauges();
+    }
+
+    onRestartFailed(message: string): void {
+        this.engineFailure = `the engine cannot start: ${message}; the server retries with backoff`;
+        this.metrics.modelLoadFailed();
+        for (const request of [...this.queue]) {
+            this.removeFromQueue(request);
+            this.finish(request, "error", { code: "engine_unavailable", message: this.engineFailure }, null);
+        }
         this.updateGauges();
     }
 

@@ -8,6 +8,8 @@ import type { ServerMetrics } from "../metrics/metrics.js";
 import { errorCodes, openAiErrorBody, type ErrorCode } from "../protocol/errors.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import { bearerToken, originAllowed, tokenMatches } from "../http/auth.js";
+import { clientAddress, hostAllowed } from "../security/hosts.js";
+import type { RateLimiter } from "../security/rate-limit.js";
 import { wsCloseCodes, WsSession } from "./ws-session.js";
 
 export const wsPath = "/v1/ws";
@@ -18,7 +20,11 @@ export type WsGatewayOptions = {
     maxMessageBytes: number,
     maxRequestsPerSocket: number,
     maxBufferedBytes: number,
-    pingIntervalMs: number
+    pingIntervalMs: number,
+    /** Host names accepted (null: any); see security/hosts.ts */
+    allowedHosts?: readonly string[] | null,
+    rateLimiter?: RateLimiter,
+    trustProxy?: boolean
 };
 
 function refuseUpgrade(socket: Duplex, code: ErrorCode, message: string): void {
@@ -63,6 +69,11 @@ export class WsGateway {
             refuseUpgrade(socket, "shutting_down", "the server is shutting down");
             return;
         }
+        if (!hostAllowed(req.headers.host, this.opts.allowedHosts ?? null)) {
+            this.metrics.requestRefused("forbidden_host");
+            refuseUpgrade(socket, "forbidden_host", "this Host is not allowed (allowed-hosts)");
+            return;
+        }
         if (!originAllowed(req.headers.origin, req.headers.host, this.opts.allowedOrigins)) {
             this.metrics.requestRefused("forbidden_origin");
             refuseUpgrade(socket, "forbidden_origin", `origin ${req.headers.origin} is not allowed (allowed-origins)`);
@@ -78,10 +89,19 @@ export class WsGateway {
             }
             authenticated = true;
         }
-        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, authenticated));
+        // only a browser page (which cannot set headers on a WebSocket) may authenticate with a first
+        // message; any other client must bring the token in the upgrade
+        const origin = req.headers.origin;
+        if (!authenticated && (origin == null || origin === "")) {
+            this.metrics.requestRefused("unauthorized");
+            refuseUpgrade(socket, "unauthorized", "missing bearer token (Authorization: Bearer ...)");
+            return;
+        }
+        const client = clientAddress(req, this.opts.trustProxy === true);
+        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, authenticated, client));
     }
 
-    private onConnection(ws: WebSocket, authenticated: boolean): void {
+    private onConnection(ws: WebSocket, authenticated: boolean, client: string): void {
         this.metrics.websocketOpened();
         this.alive.set(ws, true);
         ws.on("pong", () => this.alive.set(ws, true));
@@ -91,7 +111,9 @@ export class WsGateway {
             maxRequestsPerSocket: this.opts.maxRequestsPerSocket,
             maxMessageBytes: this.opts.maxMessageBytes,
             maxBufferedBytes: this.opts.maxBufferedBytes,
-            modelName: () => this.scheduler.model?.name ?? null
+            modelName: () => this.scheduler.model?.name ?? null,
+            ...(this.opts.rateLimiter != null ? { rateLimiter: this.opts.rateLimiter } : {}),
+            client
         });
         this.sessions.add(session);
         ws.on("close", () => this.sessions.delete(session));

@@ -12,6 +12,7 @@ import {
 import { requestSpec } from "../scheduler/request-spec.js";
 import type { ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import { tokenMatches } from "../http/auth.js";
+import type { RateLimiter } from "../security/rate-limit.js";
 
 /** above this many unsent bytes, deltas are coalesced instead of sent one by one */
 const coalesceAboveBytes = 64 * 1024;
@@ -31,8 +32,16 @@ export type WsSessionOptions = {
     maxRequestsPerSocket: number,
     maxMessageBytes: number,
     maxBufferedBytes: number,
-    modelName: () => string | null
+    modelName: () => string | null,
+    /** per-client request rate (shared with HTTP), and this socket's client address */
+    rateLimiter?: RateLimiter,
+    client?: string
 };
+
+/** A client-chosen string quoted in an error message, cut short (the message must not echo megabytes). */
+function quote(value: string): string {
+    return JSON.stringify(value.length > 64 ? value.slice(0, 64) + "..." : value);
+}
 
 type InFlight = {
     request: ScheduledRequest | null,
@@ -83,6 +92,16 @@ export class WsSession {
     private onMessage(data: RawData, isBinary: boolean): void {
         if (this.closed)
             return;
+        // whatever a message holds, it must not take the server down: a bug answers internal_error
+        try {
+            this.handleMessage(data, isBinary);
+        } catch (err) {
+            this.log.error("websocket message handler failed", { error: (err as Error).message });
+            this.sendError(null, "internal_error", "the server failed to handle this message");
+        }
+    }
+
+    private handleMessage(data: RawData, isBinary: boolean): void {
         if (isBinary) {
             this.sendError(null, "invalid_message", "binary frames are not supported; send JSON text");
             return;
@@ -104,9 +123,10 @@ export class WsSession {
             this.sendError(id, "invalid_message", "field \"type\" must be a string");
             return;
         }
-        const validate = validators.wsClient[record.type];
+        // own properties only: "constructor" or "__proto__" must not find Object's methods
+        const validate = Object.hasOwn(validators.wsClient, record.type) ? validators.wsClient[record.type] : undefined;
         if (validate == null) {
-            this.sendError(id, "unknown_type", `unknown message type ${JSON.stringify(record.type)}; known: chat, cancel, auth, ping`);
+            this.sendError(id, "unknown_type", `unknown message type ${quote(record.type)}; known: chat, cancel, auth, ping`);
             return;
         }
         if (!this.authenticated && record.type !== "auth") {
@@ -171,7 +191,14 @@ export class WsSession {
             return;
         }
         if (this.inFlight.size >= this.opts.maxRequestsPerSocket) {
+            this.metrics.requestRefused("too_many_requests");
             this.sendError(id, "too_many_requests", `this socket already has ${this.inFlight.size} requests in flight (max-requests-per-socket)`);
+            return;
+        }
+        const rate = this.opts.rateLimiter?.take(this.opts.client ?? "unknown");
+        if (rate != null && !rate.ok) {
+            this.metrics.requestRefused("rate_limited");
+            this.sendError(id, "rate_limited", `more than ${this.opts.rateLimiter!.perMinute} requests per minute from this client (rate-limit); retry in ${rate.retryAfterS} s`);
             return;
         }
         const input = message.messages != null
