@@ -1,18 +1,69 @@
 // npm run bench:perturbation -- [--json] [--model PATH] [--mha] [--flash-attention on|off]
 //                               [--cache-type f16|q8_0|q4_0] [--threshold T] [--tokens N] [--remove FRACTION]
+//                               [--suite]
 //
 // Evaluates a prompt from the corpus, records the logits of its last token, removes the same cells with
-// every policy, recomputes the last token on the compressed cache and prints how far its logits moved.
+// every policy, recomputes the last token on the compressed cache and prints how far its logits moved, beside
+// the floor: the same recomputation with nothing removed.
 // --mha runs on a multi-head copy of the model (every KV head repeated per query head: the same function,
 // but one query per KV head, the case ZIP merging is exact for).
+// --suite runs the configurations the README reports (both models, the MHA copy, both attention paths, f16
+// and q8_0 caches) and writes them to results/perturbation/.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import type { Llama } from "node-llama-cpp";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
-import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
+import { corpusPath, defaultModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
 import { makeMhaCopy } from "../scripts/lib/gguf-mha.js";
 import { parseArgs } from "./lib/args.js";
-import { CacheType, measurePerturbation, promptTokens } from "./lib/perturbation.js";
+import { machineInfo, markdownTable, progress, resultsDir } from "./lib/report.js";
+import { CacheType, measurePerturbation, PerturbationMeasurement, promptTokens } from "./lib/perturbation.js";
+
+type Config = { model: string, mha: boolean, flashAttention: boolean, cacheType: CacheType, threshold: number };
+type ConfigResult = Config & { label: string, promptTokens: number, floor: PerturbationMeasurement["floor"], rows: PerturbationMeasurement["results"] };
+
+async function runConfig(llama: Llama, c: Config, text: string, tokenCount: number, remove: number): Promise<ConfigResult> {
+    let loadPath = c.model;
+    let tmp: string | null = null;
+    if (c.mha) {
+        tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-mha-"));
+        loadPath = path.join(tmp, path.basename(c.model, ".gguf") + "-mha.gguf");
+        makeMhaCopy(c.model, loadPath);
+    }
+    const model = await llama.loadModel({ modelPath: loadPath });
+    try {
+        const tokens = promptTokens(model, text, tokenCount);
+        const m = await measurePerturbation({
+            model, tokens, removeFraction: remove, flashAttention: c.flashAttention, cacheType: c.cacheType, threshold: c.threshold
+        });
+        const label = `${path.basename(c.model, ".gguf")}${c.mha ? " (MHA copy)" : ""}, flash attention ${c.flashAttention ? "on" : "off"}, ` +
+            `${c.cacheType} cache, T ${c.threshold}`;
+        return { ...c, label, promptTokens: tokens.length, floor: m.floor, rows: m.results };
+    } finally {
+        await model.dispose();
+        if (tmp != null)
+            fs.rmSync(tmp, { recursive: true, force: true });
+    }
+}
+
+function printConfig(r: ConfigResult): void {
+    process.stdout.write(`${r.label}, ${r.promptTokens} prompt tokens\n`);
+    process.stdout.write("policy        variant  removed  max|dlogit|   KL           merges  evictions\n");
+    process.stdout.write(`${"(floor)".padEnd(13)} ${"-".padEnd(8)} ${"0".padStart(7)}  ${r.floor.maxAbsLogitDiff.toExponential(3).padEnd(12)} ${r.floor.klDivergence.toExponential(3).padEnd(12)}\n`);
+    for (const x of r.rows)
+        process.stdout.write(`${x.policy.padEnd(13)} ${(x.variant ?? "-").padEnd(8)} ${String(x.cellsRemoved).padStart(7)}  ${x.maxAbsLogitDiff.toExponential(3).padEnd(12)} ${x.klDivergence.toExponential(3).padEnd(12)} ${x.merges.toFixed(1).padStart(6)}  ${x.evictions.toFixed(1).padStart(9)}\n`);
+}
+
+function suiteMarkdown(results: ConfigResult[], key: "maxAbsLogitDiff" | "klDivergence"): string {
+    const cases = results[0]!.rows.map((r) => (r.variant != null ? `${r.policy}/${r.variant}` : r.policy));
+    const fmt = (v: number) => (v === 0 ? "0" : v.toExponential(2));
+    return markdownTable(results, [
+        { title: "configuration", value: (r) => r.label },
+        { title: "floor", value: (r) => fmt(r.floor[key]) },
+        ...cases.map((name, i) => ({ title: name, value: (r: ConfigResult) => fmt(r.rows[i]![key]) }))
+    ]);
+}
 
 async function main(): Promise<void> {
     const args = parseArgs(process.argv.slice(2), {
@@ -24,51 +75,71 @@ async function main(): Promise<void> {
         "cache-type": { type: "enum", values: ["f16", "q8_0", "q4_0"], default: "f16" },
         threshold: { type: "number", default: 0.8 },
         tokens: { type: "number", default: 300 },
-        remove: { type: "number", default: 0.25 }
+        remove: { type: "number", default: 0.25 },
+        suite: { type: "boolean", default: false }
     });
-    const modelPath = requireFile(String(args.model), "model", "--model or KEEPKV_MODEL");
     const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
+    const tokenCount = Number(args.tokens);
+    const remove = Number(args.remove);
 
-    let loadPath = modelPath;
-    let tmp: string | null = null;
-    if (args.mha) {
-        tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-mha-"));
-        loadPath = path.join(tmp, path.basename(modelPath, ".gguf") + "-mha.gguf");
-        makeMhaCopy(modelPath, loadPath);
+    let configs: Config[];
+    if (args.suite) {
+        const q8 = requireFile(defaultModelPath(), "model", "KEEPKV_MODEL");
+        const f16 = requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
+        configs = [
+            { model: q8, mha: true, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
+            { model: q8, mha: true, flashAttention: true, cacheType: "f16", threshold: 1e-6 },
+            { model: f16, mha: false, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
+            { model: f16, mha: false, flashAttention: true, cacheType: "f16", threshold: 1e-6 },
+            { model: f16, mha: false, flashAttention: true, cacheType: "q8_0", threshold: 1e-6 },
+            { model: q8, mha: false, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
+            { model: f16, mha: false, flashAttention: false, cacheType: "f16", threshold: 0.8 }
+        ];
+    } else {
+        configs = [{
+            model: requireFile(String(args.model), "model", "--model or KEEPKV_MODEL"), mha: Boolean(args.mha),
+            flashAttention: args["flash-attention"] === "on", cacheType: args["cache-type"] as CacheType, threshold: Number(args.threshold)
+        }];
     }
 
     const llama = await loadPatchedLlama();
-    const model = await llama.loadModel({ modelPath: loadPath });
-    const tokens = promptTokens(model, text, Number(args.tokens));
-    const { results } = await measurePerturbation({
-        model, tokens,
-        removeFraction: Number(args.remove),
-        flashAttention: args["flash-attention"] === "on",
-        cacheType: args["cache-type"] as CacheType,
-        threshold: Number(args.threshold)
-    });
+    const results: ConfigResult[] = [];
+    for (const [i, c] of configs.entries()) {
+        if (configs.length > 1)
+            progress(`${i + 1}/${configs.length} ${path.basename(c.model)}${c.mha ? " MHA" : ""} fa=${c.flashAttention} ${c.cacheType} T=${c.threshold}`);
+        results.push(await runConfig(llama, c, text, tokenCount, remove));
+    }
+    await llama.dispose();
 
-    const out = {
-        model: modelPath,
-        mha: Boolean(args.mha),
-        cacheType: args["cache-type"],
-        flashAttention: args["flash-attention"] === "on",
-        threshold: Number(args.threshold),
-        promptTokens: tokens.length,
-        results
-    };
+    // one configuration: its rows (and, as the core issue named them, the same rows as "results")
+    const single = results.length === 1 ? results[0]! : null;
+    const out = single != null
+        ? {
+            machine: machineInfo(), model: single.model, mha: single.mha, cacheType: single.cacheType,
+            flashAttention: single.flashAttention, threshold: single.threshold, promptTokens: single.promptTokens,
+            floor: single.floor, rows: single.rows, results: single.rows
+        }
+        : { machine: machineInfo(), model: "stories3M (q8_0, f16, MHA copy)", removeFraction: remove, configurations: results, rows: results.flatMap((r) => r.rows.map((x) => ({ configuration: r.label, ...x }))) };
+
+    if (args.suite) {
+        const dir = resultsDir("perturbation");
+        fs.writeFileSync(path.join(dir, "perturbation.json"), JSON.stringify(out, null, 2) + "\n");
+        fs.writeFileSync(path.join(dir, "perturbation.md"),
+            `Generated by \`npm run bench:perturbation -- --suite\` (${out.machine.cpu}, ${out.machine.cores} cores, ${out.machine.date.slice(0, 10)}). ` +
+            `${tokenCount} prompt tokens, ${Math.round(remove * 100)}% of the cells removed (the same cells for every policy), then the last ` +
+            "token recomputed. The floor is the recomputation with nothing removed.\n\n" +
+            "Largest change of a logit:\n\n" + suiteMarkdown(results, "maxAbsLogitDiff") +
+            "\nKL divergence of the next-token distribution:\n\n" + suiteMarkdown(results, "klDivergence"));
+        progress(`wrote ${path.join(dir, "perturbation.md")}`);
+    }
+
     if (args.json)
         process.stdout.write(JSON.stringify(out) + "\n");
-    else {
-        process.stdout.write(`model ${modelPath}${args.mha ? " (MHA copy)" : ""}, cache ${out.cacheType}, flash attention ${args["flash-attention"]}, T ${out.threshold}, ${tokens.length} prompt tokens\n`);
-        process.stdout.write("policy        variant  removed  max|dlogit|   KL           merges  evictions\n");
-        for (const r of results)
-            process.stdout.write(`${r.policy.padEnd(13)} ${(r.variant ?? "-").padEnd(8)} ${String(r.cellsRemoved).padStart(7)}  ${r.maxAbsLogitDiff.toExponential(3).padEnd(12)} ${r.klDivergence.toExponential(3).padEnd(12)} ${r.merges.toFixed(1).padStart(6)}  ${r.evictions.toFixed(1).padStart(9)}\n`);
-    }
-    await model.dispose();
-    await llama.dispose();
-    if (tmp != null)
-        fs.rmSync(tmp, { recursive: true, force: true });
+    else
+        for (const r of results) {
+            printConfig(r);
+            process.stdout.write("\n");
+        }
 }
 
 main().catch((err: unknown) => {

@@ -1,5 +1,6 @@
 // npm run bench:speed -- [--json] [--model PATH] [--contexts 1024,4096,8192] [--repeats 3] [--threads 1]
-//                         [--batch-context 1024] [--batch-full-sequences 2] [--budget 0.1]
+//                         [--batch-context 1024] [--batch-full-sequences 2] [--budget 0.1] [--chunk FRACTION]
+//                         [--experiments decode,batch,prefill]
 //
 // (a) decode tokens/s at long logical contexts, for node-llama-cpp's vanilla prebuilt binary, the patched build
 //     with KeepKV off, and keepkv at a 10% budget;
@@ -15,7 +16,7 @@ import * as path from "node:path";
 import { withLock } from "lifecycle-utils";
 import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
 import { createKeepKvContext, KeepKvOptions, keepKvContextStats } from "../server/engine/keepkv.js";
-import { loadPatchedLlama, loadVanillaLlama } from "../server/engine/llama-loader.js";
+import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
 import { parseArgs } from "./lib/args.js";
 import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
@@ -59,12 +60,14 @@ async function decodeSteps(context: LlamaContext, seqs: number[], text: Token[],
     return (performance.now() - t0) / 1000;
 }
 
-type Engine = "vanilla" | "patched";
+// vanilla: node-llama-cpp's prebuilt binary; local: the same sources without our patches, built here like the
+// patched build (same compiler, flags and ggml): off against local is the patches' own overhead
+type Engine = "vanilla" | "local" | "patched";
 type Setup = { name: string, engine: Engine, policy: "off" | "keepkv", budget: number | null };
 
 export type SpeedRow = {
     experiment: string, policy: string, budget: number | null, contextTokens: number, sequences: number,
-    tokensPerSecond: number, ratioToVanilla: number | null,
+    tokensPerSecond: number, ratioToVanilla: number | null, ratioToLocalVanilla: number | null,
     kvBytes?: number, compressionShare?: number, msPerCompression?: number, msCompressionPerToken?: number
 };
 
@@ -76,8 +79,13 @@ async function main(): Promise<void> {
         contexts: { type: "list", default: "1024,4096,8192" },
         repeats: { type: "number", default: 3 },
         threads: { type: "number", default: 1 },
-        "decode-tokens": { type: "number", default: 64 },
+        // 0: twice the budget, so that every measurement spans about eight compressions (one per budget/4
+        // tokens); a window shorter than a few of them measures where the compressions happen to fall
+        "decode-tokens": { type: "number", default: 0 },
         budget: { type: "number", default: 0.1 },
+        // cells removed per automatic compression, as a fraction of the budget (0: the default, budget/4)
+        chunk: { type: "number", default: 0 },
+        experiments: { type: "list", default: "decode,batch,prefill" },
         "batch-context": { type: "number", default: 1024 },
         "batch-full-sequences": { type: "number", default: 2 },
         "prefill-tokens": { type: "number", default: 4096 }
@@ -87,33 +95,45 @@ async function main(): Promise<void> {
     const threads = Number(args.threads);
     const budgetFraction = Number(args.budget);
     const repeats = Number(args.repeats);
+    const chunkFraction = Number(args.chunk);
+    if (!(chunkFraction >= 0 && chunkFraction <= 1))
+        throw new Error(`--chunk must be a fraction of the budget in [0, 1], got ${args.chunk}`);
+    const experiments = new Set(String(args.experiments).split(","));
+    for (const e of experiments)
+        if (!["decode", "batch", "prefill"].includes(e))
+            throw new Error(`unknown experiment "${e}" (decode, batch, prefill)`);
 
-    const llamas: Record<Engine, Llama> = { vanilla: await loadVanillaLlama(), patched: await loadPatchedLlama() };
+    const llamas: Record<Engine, Llama> = { vanilla: await loadVanillaLlama(), local: await loadVanillaLocalLlama(), patched: await loadPatchedLlama() };
     const models: Record<Engine, LlamaModel> = {
         vanilla: await llamas.vanilla.loadModel({ modelPath }),
+        local: await llamas.local.loadModel({ modelPath }),
         patched: await llamas.patched.loadModel({ modelPath })
     };
     const corpusTokens = models.patched.tokenize(text.slice(0, 400_000));
 
     const setups: Setup[] = [
         { name: "vanilla", engine: "vanilla", policy: "off", budget: null },
+        { name: "vanilla-local", engine: "local", policy: "off", budget: null },
         { name: "off", engine: "patched", policy: "off", budget: null },
         { name: "keepkv", engine: "patched", policy: "keepkv", budget: budgetFraction }
     ];
 
     async function makeContext(s: Setup, contextSize: number, sequences: number, batchSize: number, budgetCells: number | null): Promise<LlamaContext> {
         const options = { contextSize, sequences, batchSize, threads, flashAttention: false, ignoreMemorySafetyChecks: true };
-        if (s.engine === "vanilla")
-            return await models.vanilla.createContext(options);
-        const keepKv: KeepKvOptions = s.policy === "off" ? { policy: "off" } : { policy: "keepkv", budget: budgetCells, recent: 32 };
+        if (s.engine !== "patched")
+            return await models[s.engine].createContext(options);
+        const chunk = chunkFraction > 0 && budgetCells != null ? Math.max(1, Math.round(chunkFraction * budgetCells)) : undefined;
+        const keepKv: KeepKvOptions = s.policy === "off" ? { policy: "off" } : { policy: "keepkv", budget: budgetCells, recent: 32, ...(chunk != null ? { chunk } : {}) };
         return await createKeepKvContext(models.patched, { ...options, keepKv });
     }
 
     const rows: SpeedRow[] = [];
-    const decodeTokens = Number(args["decode-tokens"]);
+    const decodeTokensFor = (L: number) => Number(args["decode-tokens"]) > 0
+        ? Number(args["decode-tokens"])
+        : Math.max(64, Math.round(2 * budgetFraction * L));
 
     // (a) decode speed at long logical contexts
-    for (const L of String(args.contexts).split(",").map(Number)) {
+    for (const L of experiments.has("decode") ? String(args.contexts).split(",").map(Number) : []) {
         const samples = new Map<string, number[]>();
         const extra = new Map<string, { share: number[], perEvent: number[], perToken: number[], kvBytes: number }>();
         for (let r = 0; r < repeats; r++) {
@@ -121,6 +141,7 @@ async function main(): Promise<void> {
                 progress(`(a) decode at ${L} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
                 const budgetCells = s.budget != null ? Math.floor(s.budget * L) : null;
                 const batch = budgetCells != null ? Math.min(512, budgetCells) : 512;
+                const decodeTokens = decodeTokensFor(L);
                 const context = await makeContext(s, L + decodeTokens + 16, 1, batch, budgetCells);
                 const sequence = s.policy === "keepkv" ? context.getSequence() : null;
                 await prefill(context, [0], corpusTokens, L - decodeTokens, batch);
@@ -141,11 +162,12 @@ async function main(): Promise<void> {
             }
         }
         const vanilla = median(samples.get("vanilla")!);
+        const local = median(samples.get("vanilla-local")!);
         for (const s of setups) {
             const tps = median(samples.get(s.name)!);
             rows.push({
                 experiment: "decode", policy: s.name, budget: s.budget, contextTokens: L, sequences: 1,
-                tokensPerSecond: tps, ratioToVanilla: tps / vanilla,
+                tokensPerSecond: tps, ratioToVanilla: tps / vanilla, ratioToLocalVanilla: tps / local,
                 ...(extra.has(s.name) ? {
                     kvBytes: extra.get(s.name)!.kvBytes, compressionShare: median(extra.get(s.name)!.share),
                     msPerCompression: median(extra.get(s.name)!.perEvent), msCompressionPerToken: median(extra.get(s.name)!.perToken)
@@ -155,7 +177,7 @@ async function main(): Promise<void> {
     }
 
     // (b) batch throughput at equal K/V memory
-    {
+    if (experiments.has("batch")) {
         const L = Number(args["batch-context"]);
         const nFull = Number(args["batch-full-sequences"]);
         const budgetCells = Math.floor(budgetFraction * L);
@@ -165,9 +187,7 @@ async function main(): Promise<void> {
             throw new Error(`${nKeep} sequences do not fit in a batch of ${batchRoom}: use a larger --budget or a smaller --batch-context`);
         const prompt = 32;
         const steps = L - prompt - 8;
-        const plan: { s: Setup, sequences: number }[] = [
-            { s: setups[0]!, sequences: nFull }, { s: setups[1]!, sequences: nFull }, { s: setups[2]!, sequences: nKeep }
-        ];
+        const plan: { s: Setup, sequences: number }[] = setups.map((s) => ({ s, sequences: s.policy === "keepkv" ? nKeep : nFull }));
         const samples = new Map<string, number[]>();
         const comp = new Map<string, { seconds: number[], events: number[], kvBytes: number }>();
         for (let r = 0; r < repeats; r++) {
@@ -175,7 +195,7 @@ async function main(): Promise<void> {
                 progress(`(b) batch throughput, ${sequences} sequences of ${L} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
                 const context = await makeContext(s, L, sequences, s.policy === "keepkv" ? batchRoom : 64, s.policy === "keepkv" ? budgetCells : null);
                 const seqIds = Array.from({ length: sequences }, (_, i) => i);
-                const handles = s.engine === "patched" ? seqIds.map(() => context.getSequence()) : [];
+                const handles = s.engine !== "vanilla" ? seqIds.map(() => context.getSequence()) : [];
                 await prefill(context, seqIds, corpusTokens, prompt, prompt);
                 const seconds = await decodeSteps(context, seqIds, corpusTokens, prompt, steps);
                 samples.set(s.name, [...(samples.get(s.name) ?? []), sequences * steps / seconds]);
@@ -190,19 +210,20 @@ async function main(): Promise<void> {
             }
         }
         const vanilla = median(samples.get("vanilla")!);
+        const local = median(samples.get("vanilla-local")!);
         for (const { s, sequences } of plan) {
             const tps = median(samples.get(s.name)!);
             const c = comp.get(s.name);
             rows.push({
                 experiment: "batch", policy: s.name, budget: s.budget, contextTokens: L, sequences,
-                tokensPerSecond: tps, ratioToVanilla: tps / vanilla,
+                tokensPerSecond: tps, ratioToVanilla: tps / vanilla, ratioToLocalVanilla: tps / local,
                 ...(c != null ? { kvBytes: c.kvBytes, compressionShare: median(c.seconds), msPerCompression: median(c.events) } : {})
             });
         }
     }
 
     // (c) prefill with and without compression, (d) compression cost during decode at a long context
-    {
+    if (experiments.has("prefill")) {
         const P = Number(args["prefill-tokens"]);
         const samples = new Map<string, number[]>();
         const decodeShare: number[] = [];
@@ -213,6 +234,7 @@ async function main(): Promise<void> {
                 progress(`(c) prefill of ${P} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
                 const budgetCells = s.budget != null ? Math.floor(s.budget * P) : null;
                 const batch = budgetCells != null ? Math.min(512, budgetCells) : 512;
+                const decodeTokens = decodeTokensFor(P);
                 const context = await makeContext(s, P + decodeTokens + 16, 1, batch, budgetCells);
                 const seconds = await prefill(context, [0], corpusTokens, P, batch);
                 samples.set(s.name, [...(samples.get(s.name) ?? []), P / seconds]);
@@ -231,11 +253,12 @@ async function main(): Promise<void> {
             }
         }
         const vanilla = median(samples.get("vanilla")!);
+        const local = median(samples.get("vanilla-local")!);
         for (const s of setups) {
             const tps = median(samples.get(s.name)!);
             rows.push({
                 experiment: "prefill", policy: s.name, budget: s.budget, contextTokens: P, sequences: 1,
-                tokensPerSecond: tps, ratioToVanilla: tps / vanilla,
+                tokensPerSecond: tps, ratioToVanilla: tps / vanilla, ratioToLocalVanilla: tps / local,
                 ...(s.policy === "keepkv" ? {
                     compressionShare: median(decodeShare), msPerCompression: median(perEvent), msCompressionPerToken: median(perToken)
                 } : {})
@@ -248,7 +271,7 @@ async function main(): Promise<void> {
         model: path.basename(modelPath),
         threads,
         repeats,
-        note: `stories3M was trained on 512 positions: the longer contexts here measure speed only. Tokens are fed from the corpus. Ratios are against node-llama-cpp's vanilla prebuilt binary, measured in the same run; figures are medians of ${repeats} runs.`,
+        note: `stories3M was trained on 512 positions: the longer contexts here measure speed only. Tokens are fed from the corpus. Ratios are against node-llama-cpp's vanilla prebuilt binary and against vanilla-local (the same sources without the KeepKV patches, built here with the same compiler and flags), measured in the same run; figures are medians of ${repeats} runs. keepkv: budget ${budgetFraction} of the context, recent 32, chunk ${chunkFraction > 0 ? chunkFraction + " of the budget" : "budget/4"}.`,
         rows
     };
 
@@ -260,6 +283,7 @@ async function main(): Promise<void> {
         { title: "sequences", value: (r: SpeedRow) => String(r.sequences) },
         { title: "tokens/s", value: (r: SpeedRow) => r.tokensPerSecond.toFixed(1) },
         { title: "vs vanilla", value: (r: SpeedRow) => r.ratioToVanilla == null ? "" : r.ratioToVanilla.toFixed(2) + "x" },
+        { title: "vs vanilla-local", value: (r: SpeedRow) => r.ratioToLocalVanilla == null ? "" : r.ratioToLocalVanilla.toFixed(3) + "x" },
         { title: "compression share", value: (r: SpeedRow) => pct(r.compressionShare) },
         { title: "ms per compression", value: (r: SpeedRow) => r.msPerCompression?.toFixed(2) ?? "" },
         { title: "compression ms per token", value: (r: SpeedRow) => r.msCompressionPerToken?.toFixed(3) ?? "" }
@@ -279,7 +303,7 @@ async function main(): Promise<void> {
     else
         process.stdout.write(textTable(rows, columns) + `\n${out.note}\nwritten: ${dir}/speed.{json,md,svg,png}\n`);
 
-    for (const e of ["vanilla", "patched"] as const) {
+    for (const e of ["vanilla", "local", "patched"] as const) {
         await models[e].dispose();
         await llamas[e].dispose();
     }

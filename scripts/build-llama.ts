@@ -1,6 +1,8 @@
 // Builds llama.cpp with the keepkv patch series through node-llama-cpp, offline, and caches the result.
 //
-//   node dist/scripts/build-llama.js [--gpu cpu|cuda|vulkan|metal] [--force]
+//   node dist/scripts/build-llama.js [--gpu cpu|cuda|vulkan|metal] [--force] [--vanilla]
+//
+// --vanilla builds the same sources without the series (the baseline for equivalence tests and benchmarks).
 //
 // Steps: apply patches/node-llama-cpp to the installed package (idempotent), compute the build key,
 // reuse a build cached under that key if there is one, otherwise clone the bundled llama.cpp release,
@@ -10,13 +12,15 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import {
-    BuildGpu, BuildManifest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
+    BuildGpu, BuildInputs, BuildManifest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
 } from "./lib/build-key.js";
 import {
     buildCacheDir, buildManifestPath, llamaPatchesDir, nlcBundlePath, nlcLlamaCppDir, nlcLlamaDir,
-    nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir, repoRoot
+    nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir, repoRoot, vanillaBuildManifestPath
 } from "./lib/paths.js";
-import { applySeriesToGitTree, applySeriesToPlainTree, git, listPatches, PatchApplyError } from "./lib/patch-series.js";
+import {
+    applySeriesToGitTree, applySeriesToPlainTree, git, listPatches, nlcTrackedPaths, PatchApplyError, restorePristineSnapshot
+} from "./lib/patch-series.js";
 
 const log = (msg: string) => process.stderr.write(`[keepkv build] ${msg}\n`);
 
@@ -58,12 +62,12 @@ function commandExists(cmd: string): boolean {
     return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).status === 0;
 }
 
-function restoreFromCache(cacheEntry: string, manifest: BuildManifest): void {
+function restoreFromCache(cacheEntry: string, manifest: BuildManifest, manifestPath: string): void {
     const target = path.join(nlcLocalBuildsDir, manifest.folderName);
     fs.rmSync(target, { recursive: true, force: true });
     fs.mkdirSync(nlcLocalBuildsDir, { recursive: true });
     copyDir(path.join(cacheEntry, "build"), target);
-    fs.writeFileSync(buildManifestPath, JSON.stringify(manifest, null, 4) + "\n");
+    fs.writeFileSync(manifestPath, JSON.stringify(manifest, null, 4) + "\n");
 }
 
 function storeInCache(cacheEntry: string, manifest: BuildManifest): void {
@@ -80,44 +84,103 @@ function storeInCache(cacheEntry: string, manifest: BuildManifest): void {
 
 export type BuildResult = { manifest: BuildManifest, source: "up-to-date" | "cache" | "built", seconds: number };
 
-export function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }): BuildResult {
+/**
+ * keepkv: llama.cpp with the patch series, what the product loads. vanilla: the same bundled llama.cpp and
+ * node-llama-cpp addon without any of our patches, built with the same compiler, flags and ggml libraries:
+ * the baseline that tells the patches' own cost and effect apart from the differences between this build and
+ * node-llama-cpp's prebuilt binary (another compiler, CPU variants picked at run time).
+ */
+export type BuildFlavor = "keepkv" | "vanilla";
+
+export function buildInputsOf(flavor: BuildFlavor, gpu: BuildGpu): BuildInputs {
+    const inputs = computeBuildInputs(gpu);
+    return flavor === "keepkv" ? inputs : { ...inputs, patches: [], flavor };
+}
+
+function manifestPathOf(flavor: BuildFlavor): string {
+    return flavor === "keepkv" ? buildManifestPath : vanillaBuildManifestPath;
+}
+
+export function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: BuildFlavor }): BuildResult {
     const started = Date.now();
+    const flavor = opts.flavor ?? "keepkv";
     if (!fs.existsSync(nlcPackageDir))
         throw new Error("node-llama-cpp is not installed: run `npm ci` first");
 
     applyNodeLlamaCppSeries();
 
-    const inputs = computeBuildInputs(opts.gpu);
+    const inputs = buildInputsOf(flavor, opts.gpu);
     const key = computeBuildKey(inputs);
     const cacheEntry = path.join(buildCacheDir(), key);
     const seconds = () => (Date.now() - started) / 1000;
+    const manifestPath = manifestPathOf(flavor);
 
-    const current = readBuildManifest();
+    const current = readBuildManifest(manifestPath);
     if (opts.force !== true && current?.key === key &&
         fs.existsSync(path.join(nlcLocalBuildsDir, current.folderName, "Release", "llama-addon.node"))) {
-        log(`build ${key} is up to date`);
+        log(`${flavor} build ${key} is up to date`);
         return { manifest: current, source: "up-to-date", seconds: seconds() };
     }
 
     if (opts.force !== true && fs.existsSync(path.join(cacheEntry, "manifest.json"))) {
         const manifest = JSON.parse(fs.readFileSync(path.join(cacheEntry, "manifest.json"), "utf8")) as BuildManifest;
-        restoreFromCache(cacheEntry, manifest);
-        log(`restored build ${key} from the cache (${cacheEntry})`);
+        restoreFromCache(cacheEntry, manifest, manifestPath);
+        log(`restored ${flavor} build ${key} from the cache (${cacheEntry})`);
         return { manifest, source: "cache", seconds: seconds() };
     }
 
-    log(`no cached build for key ${key}: building (a full CPU build takes about 9 minutes on 2 cores)`);
+    log(`no cached ${flavor} build for key ${key}: building (a full CPU build takes about 5 to 9 minutes on 2 cores)`);
     if (!commandExists("cmake"))
         throw new Error("cmake is required to build llama.cpp (Debian: apt-get install cmake)");
     if (!commandExists("git"))
         throw new Error("git is required to build llama.cpp (Debian: apt-get install git)");
 
+    // the build reads node-llama-cpp's own llama.cpp tree and addon sources: for vanilla, both as shipped,
+    // and afterwards both are put back as the keepkv build wants them
     cloneBundledLlamaCpp(nlcLlamaCppDir);
     const llamaPatches = listPatches(llamaPatchesDir);
-    applySeriesToGitTree(nlcLlamaCppDir, llamaPatches, { commit: true });
-    log(`applied ${llamaPatches.length} llama.cpp patch(es)`);
+    if (flavor === "keepkv") {
+        applySeriesToGitTree(nlcLlamaCppDir, llamaPatches, { commit: true });
+        log(`applied ${llamaPatches.length} llama.cpp patch(es)`);
+    } else {
+        restorePristineSnapshot(nlcPackageDir, path.join(nlcPackageDir, pristineDirName), nlcTrackedPaths);
+        log("building without the patch series");
+    }
 
-    const cmakeOptions: Record<string, string> = { KEEPKV: "ON" };
+    const keepKvLastBuild = path.join(nlcLlamaDir, "lastBuild.json");
+    const lastBuildBefore = fs.existsSync(keepKvLastBuild) ? fs.readFileSync(keepKvLastBuild) : null;
+    let built: { folderName: string, cmakeOptions: Record<string, string> };
+    try {
+        // the option only names the build folder, so that the two flavors live side by side
+        built = runSourceBuild(opts.gpu, flavor === "keepkv" ? { KEEPKV: "ON" } : { KEEPKV_VANILLA: "ON" });
+    } finally {
+        if (flavor === "vanilla") {
+            applyNodeLlamaCppSeries();
+            cloneBundledLlamaCpp(nlcLlamaCppDir);
+            applySeriesToGitTree(nlcLlamaCppDir, llamaPatches, { commit: true });
+            // node-llama-cpp's "last build" stays the keepkv one
+            if (lastBuildBefore != null)
+                fs.writeFileSync(keepKvLastBuild, lastBuildBefore);
+        }
+    }
+
+    const manifest: BuildManifest = {
+        key, folderName: built.folderName, gpu: opts.gpu, cmakeOptions: built.cmakeOptions, builtAt: new Date().toISOString(), inputs
+    };
+    fs.writeFileSync(manifestPath, JSON.stringify(manifest, null, 4) + "\n");
+    storeInCache(cacheEntry, manifest);
+    log(`built ${flavor} ${key} in ${seconds().toFixed(0)} s and cached it in ${cacheEntry}`);
+    return { manifest, source: "built", seconds: seconds() };
+}
+
+/** The keepkv build (see buildLlama). */
+export function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }): BuildResult {
+    return buildLlama({ ...opts, flavor: "keepkv" });
+}
+
+/** Runs `node-llama-cpp source build`; returns the build folder's name and every CMake option it got. */
+function runSourceBuild(gpu: BuildGpu, options: Record<string, string>): { folderName: string, cmakeOptions: Record<string, string> } {
+    const cmakeOptions = { ...options };
     if (commandExists("ccache")) {
         cmakeOptions.CMAKE_C_COMPILER_LAUNCHER = "ccache";
         cmakeOptions.CMAKE_CXX_COMPILER_LAUNCHER = "ccache";
@@ -130,7 +193,7 @@ export function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }): Bui
         env[`NODE_LLAMA_CPP_CMAKE_OPTION_${name}`] = value;
 
     const cli = path.join(nlcPackageDir, "dist", "cli", "cli.js");
-    const gpuArg = opts.gpu === false ? "false" : opts.gpu;
+    const gpuArg = gpu === false ? "false" : gpu;
     const res = spawnSync(process.execPath, [cli, "source", "build", "--gpu", gpuArg, "--noUsageExample"], {
         cwd: repoRoot, env, stdio: ["ignore", "inherit", "inherit"]
     });
@@ -141,19 +204,13 @@ export function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }): Bui
     const addon = path.join(nlcLocalBuildsDir, lastBuild.folderName, "Release", "llama-addon.node");
     if (!fs.existsSync(addon))
         throw new Error(`the build finished but ${addon} is missing`);
-
-    const manifest: BuildManifest = {
-        key, folderName: lastBuild.folderName, gpu: opts.gpu, cmakeOptions, builtAt: new Date().toISOString(), inputs
-    };
-    fs.writeFileSync(buildManifestPath, JSON.stringify(manifest, null, 4) + "\n");
-    storeInCache(cacheEntry, manifest);
-    log(`built ${key} in ${seconds().toFixed(0)} s and cached it in ${cacheEntry}`);
-    return { manifest, source: "built", seconds: seconds() };
+    return { folderName: lastBuild.folderName, cmakeOptions };
 }
 
 function main(argv: string[]): void {
     let gpu: BuildGpu = parseBuildGpu(process.env.KEEPKV_GPU);
     let force = false;
+    let flavor: BuildFlavor = "keepkv";
     for (let i = 0; i < argv.length; i++) {
         const arg = argv[i]!;
         if (arg === "--gpu")
@@ -162,14 +219,16 @@ function main(argv: string[]): void {
             gpu = parseBuildGpu(arg.slice("--gpu=".length));
         else if (arg === "--force")
             force = true;
+        else if (arg === "--vanilla")
+            flavor = "vanilla";
         else if (arg === "--help" || arg === "-h") {
-            process.stdout.write("usage: npm run build:llama -- [--gpu cpu|cuda|vulkan|metal] [--force]\n");
+            process.stdout.write("usage: npm run build:llama -- [--gpu cpu|cuda|vulkan|metal] [--force] [--vanilla]\n");
             return;
         } else
             throw new Error(`unknown option ${arg}`);
     }
-    const result = buildPatchedLlama({ gpu, force });
-    process.stdout.write(`keepkv build ${result.manifest.key} (${result.source}, ${result.seconds.toFixed(1)} s)\n`);
+    const result = buildLlama({ gpu, force, flavor });
+    process.stdout.write(`${flavor} build ${result.manifest.key} (${result.source}, ${result.seconds.toFixed(1)} s)\n`);
 }
 
 if (process.argv[1] != null && path.resolve(process.argv[1]).replace(/\.ts$/, ".js").endsWith(path.join("scripts", "build-llama.js"))) {

@@ -62,6 +62,8 @@ npm run build
 
 say "building llama.cpp with the KeepKV patches (cached; the first build takes about 9 minutes on 2 cores)"
 node dist/scripts/build-llama.js
+say "building the same llama.cpp without the patches (the baseline of the equivalence tests and benchmarks; cached)"
+node dist/scripts/build-llama.js --vanilla
 
 if [ "$start" -eq 1 ]; then
     say "starting the server (Ctrl-C to stop)"

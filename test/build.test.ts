@@ -7,7 +7,7 @@ import { buildPatchedLlama, cloneBundledLlamaCpp } from "../scripts/build-llama.
 import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../scripts/lib/build-key.js";
 import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir } from "../scripts/lib/paths.js";
 import { applySeriesToGitTree, git, listPatches, PatchApplyError } from "../scripts/lib/patch-series.js";
-import { keepKvVersionOf, loadPatchedLlama, loadVanillaLlama } from "../server/engine/llama-loader.js";
+import { keepKvVersionOf, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { defaultModelPath, ModelPathError, requireFile } from "../server/engine/model-paths.js";
 
 describe("offline patched build", function () {
@@ -32,6 +32,16 @@ describe("offline patched build", function () {
         const llama = await loadVanillaLlama();
         try {
             assert.equal(llama.buildType, "prebuilt");
+            assert.equal(keepKvVersionOf(llama), null);
+        } finally {
+            await llama.dispose();
+        }
+    });
+
+    it("can load the unpatched local build (the same sources without the series), and it has no KeepKV", async function () {
+        const llama = await loadVanillaLocalLlama();
+        try {
+            assert.equal(llama.buildType, "localBuild");
             assert.equal(keepKvVersionOf(llama), null);
         } finally {
             await llama.dispose();

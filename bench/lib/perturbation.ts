@@ -74,7 +74,15 @@ async function evaluateLast(sequence: LlamaContextSequence, tokens: Token[]): Pr
     return await lastOutputLogits(sequence.context);
 }
 
-export async function measurePerturbation(opts: PerturbationOptions): Promise<{ positions: number[], results: PerturbationResult[] }> {
+export type PerturbationMeasurement = {
+    positions: number[],
+    /** the recomputation alone, with nothing removed: decoding the last token again instead of in the prompt's
+     *  batch takes other kernels (and, for F16 weights, other roundings), so this is the floor of every row */
+    floor: { maxAbsLogitDiff: number, klDivergence: number },
+    results: PerturbationResult[]
+};
+
+export async function measurePerturbation(opts: PerturbationOptions): Promise<PerturbationMeasurement> {
     const { model, tokens } = opts;
     const n = tokens.length;
     const nRemove = Math.floor(n * opts.removeFraction);
@@ -88,13 +96,17 @@ export async function measurePerturbation(opts: PerturbationOptions): Promise<{ 
         ...(opts.threads != null ? { threads: opts.threads } : {})
     };
 
-    // the cells to remove: what the score-based policies pick, the same for every policy
+    // the cells to remove: what the score-based policies pick, the same for every policy; and the floor
     let positions: number[];
+    let floor: PerturbationMeasurement["floor"];
     {
         const context = await createKeepKvContext(model, { ...contextOptions, keepKv: { policy: "evict" } });
         const sequence = context.getSequence();
-        await evaluateLast(sequence, tokens);
+        const before = await evaluateLast(sequence, tokens);
         positions = await selectForCompression(sequence, nRemove);
+        await sequence.eraseContextTokenRanges([{ start: n - 1, end: n }]);
+        const { maxAbs, kl } = compareLogits(before, await evaluateLast(sequence, [tokens[n - 1]!]));
+        floor = { maxAbsLogitDiff: maxAbs, klDivergence: kl };
         await context.dispose();
     }
 
@@ -121,7 +133,7 @@ export async function measurePerturbation(opts: PerturbationOptions): Promise<{ 
         });
         await context.dispose();
     }
-    return { positions, results };
+    return { positions, floor, results };
 }
 
 /** The first `count` tokens of a text, tokenized by the model. */

@@ -80,9 +80,14 @@ export function lineChartSvg(opts: {
     // axes and ticks
     parts.push(`<line x1="${m.left}" y1="${height - m.bottom}" x2="${width - m.right}" y2="${height - m.bottom}" stroke="#333"/>`);
     parts.push(`<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${height - m.bottom}" stroke="#333"/>`);
-    const xTicks = [...new Set(xs)].sort((a, b) => a - b);
-    for (const x of xTicks)
+    // ticks closer than a label's width to the previous one are left out, so that labels never overlap
+    let lastTick = -Infinity;
+    for (const x of [...new Set(xs)].sort((a, b) => a - b)) {
+        if (px(x) - lastTick < 36)
+            continue;
+        lastTick = px(x);
         parts.push(`<text x="${px(x)}" y="${height - m.bottom + 18}" text-anchor="middle">${x}</text>`);
+    }
     for (let i = 0; i <= 5; i++) {
         const v = y0 + (y1 - y0) * i / 5;
         const label = opts.logY ? (10 ** v).toPrecision(3) : v.toPrecision(3);
@@ -94,13 +99,15 @@ export function lineChartSvg(opts: {
     parts.push(`<text transform="translate(20 ${(m.top + height - m.bottom) / 2}) rotate(-90)" text-anchor="middle">${esc(opts.yLabel)}</text>`);
     opts.series.forEach((s, i) => {
         const c = colors[i % colors.length]!;
+        // past the palette, series repeat a color with a dashed line
+        const dash = i >= colors.length ? ` stroke-dasharray="6 4"` : "";
         const pts = [...s.points].sort((a, b) => a.x - b.x);
         if (pts.length > 1)
-            parts.push(`<polyline fill="none" stroke="${c}" stroke-width="2" points="${pts.map((p) => `${px(p.x)},${py(p.y)}`).join(" ")}"/>`);
+            parts.push(`<polyline fill="none" stroke="${c}" stroke-width="2"${dash} points="${pts.map((p) => `${px(p.x)},${py(p.y)}`).join(" ")}"/>`);
         for (const p of pts)
             parts.push(`<circle cx="${px(p.x)}" cy="${py(p.y)}" r="4" fill="${c}"/>`);
         const ly = m.top + 10 + i * 20;
-        parts.push(`<rect x="${width - m.right + 15}" y="${ly - 9}" width="14" height="4" fill="${c}"/>`);
+        parts.push(`<line x1="${width - m.right + 15}" y1="${ly - 7}" x2="${width - m.right + 31}" y2="${ly - 7}" stroke="${c}" stroke-width="3"${dash}/>`);
         parts.push(`<text x="${width - m.right + 35}" y="${ly - 3}">${esc(s.name)}</text>`);
     });
     parts.push(`</svg>`);

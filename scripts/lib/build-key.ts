@@ -30,7 +30,9 @@ export type BuildInputs = {
     cpuFlags: string,
     compiler: string,
     nodeMajor: string,
-    patches: { series: string, name: string, sha256: string }[]
+    patches: { series: string, name: string, sha256: string }[],
+    /** set for the unpatched baseline build */
+    flavor?: "vanilla"
 };
 
 export type BuildManifest = {
@@ -94,8 +96,8 @@ export function computeBuildKey(inputs: BuildInputs): string {
     return sha256(JSON.stringify(inputs)).slice(0, 24);
 }
 
-export function readBuildManifest(): BuildManifest | null {
-    if (!fs.existsSync(buildManifestPath))
+export function readBuildManifest(manifestPath: string = buildManifestPath): BuildManifest | null {
+    if (!fs.existsSync(manifestPath))
         return null;
-    return JSON.parse(fs.readFileSync(buildManifestPath, "utf8")) as BuildManifest;
+    return JSON.parse(fs.readFileSync(manifestPath, "utf8")) as BuildManifest;
 }

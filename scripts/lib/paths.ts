@@ -24,6 +24,7 @@ export const nlcLlamaCppDir = path.join(nlcLlamaDir, "llama.cpp");
 export const nlcBundlePath = path.join(nlcLlamaDir, "gitRelease.bundle");
 export const nlcLocalBuildsDir = path.join(nlcLlamaDir, "localBuilds");
 export const buildManifestPath = path.join(nlcLlamaDir, "keepkv-build.json");
+export const vanillaBuildManifestPath = path.join(nlcLlamaDir, "keepkv-vanilla-build.json");
 export const workDir = path.join(repoRoot, ".work");
 
 /** Where finished builds are cached, outside the repository so that a fresh clone finds them. */

@@ -196,7 +196,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     chunk: {
         group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.chunk,
-        defaultDoc: "0 (budget/8)",
+        defaultDoc: "0 (budget/4)",
         doc: capitalize(keepKvOptionDocs.chunk.doc)
     },
     observed: {

@@ -49,7 +49,7 @@ export type KeepKvOptions = {
     recent?: number,
     /** Cosine similarity of keys below which a leaving cell is evicted instead of merged, in (0, 1]. */
     threshold?: number,
-    /** Cells removed at least per automatic compression; 0 = budget/8. Larger: fewer, bigger compressions. */
+    /** Cells removed at least per automatic compression; 0 = budget/4. Larger: fewer, bigger compressions. */
     chunk?: number,
     /** Queries per sequence and batch observed to score the cells (the last ones). */
     observed?: number,
@@ -78,7 +78,7 @@ export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, do
     sinks: { default: "4", doc: "first cells of a sequence that never leave (attention sinks)." },
     recent: { default: "32", doc: "last cells of a sequence that never leave." },
     threshold: { default: "0.8", doc: "cosine similarity below which a leaving cell is evicted instead of merged." },
-    chunk: { default: "budget/8", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger, and a cache that runs further below its budget." },
+    chunk: { default: "budget/4", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger, and a cache that runs further below its budget." },
     observed: { default: "8", doc: "last queries of each sequence per batch that score the cells (cost: one extra K·q product of this many rows per layer)." },
     scoreDecay: { default: "0.9", doc: "decay of the attention-score moving average, per batch." },
     queryDecay: { default: "0", doc: "decay of the representative query's moving average; 0 = the last query, for which merges are exact." },

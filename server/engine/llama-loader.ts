@@ -3,10 +3,13 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
+import { buildInputsOf } from "../../scripts/build-llama.js";
 import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
-import { nlcLocalBuildsDir } from "../../scripts/lib/paths.js";
+import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../scripts/lib/paths.js";
 
 export type LlamaBuildErrorCode = "BUILD_MISSING" | "BUILD_STALE" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";
+
+export type VanillaKind = "prebuilt" | "local";
 
 export class LlamaBuildError extends Error {
     constructor(readonly code: LlamaBuildErrorCode, message: string) {
@@ -97,4 +100,44 @@ export async function loadVanillaLlama(opts: LoadOptions = {}): Promise<Llama> {
             `expected node-llama-cpp's prebuilt binary, got a ${llama.buildType} build`);
     }
     return llama;
+}
+
+/**
+ * Loads the unpatched local build (`npm run build:llama -- --vanilla`, run by the setup command): the bundled
+ * llama.cpp and node-llama-cpp addon without the series, built with the same compiler and flags as the keepkv
+ * build and sharing its ggml libraries. Where the prebuilt binary differs from this machine's builds in its
+ * arithmetic (it picks a CPU variant at run time), this is the baseline that isolates what the patches do.
+ */
+export async function loadVanillaLocalLlama(opts: LoadOptions = {}): Promise<Llama> {
+    const howTo = "Build it with `npm run build:llama -- --vanilla` (./scripts/setup.sh does).";
+    const manifest = readBuildManifest(vanillaBuildManifestPath);
+    if (manifest == null || !fs.existsSync(path.join(nlcLocalBuildsDir, manifest.folderName, "Release", "llama-addon.node")))
+        throw new LlamaBuildError("VANILLA_UNAVAILABLE", `The unpatched local build of llama.cpp is missing. ${howTo}`);
+    if (manifest.key !== computeBuildKey(buildInputsOf("vanilla", manifest.gpu)))
+        throw new LlamaBuildError("BUILD_STALE", `The unpatched local build of llama.cpp (${manifest.key}) was made for another node-llama-cpp or machine. ${howTo}`);
+    let llama: Llama;
+    try {
+        llama = await getLlama({
+            gpu: manifest.gpu,
+            build: "never",
+            usePrebuiltBinaries: false,
+            cmakeOptions: manifest.cmakeOptions,
+            skipDownload: true,
+            progressLogs: false,
+            logLevel: opts.logLevel ?? LlamaLogLevel.error
+        });
+    } catch (err) {
+        throw new LlamaBuildError("VANILLA_UNAVAILABLE",
+            `node-llama-cpp could not load the unpatched local build: ${err instanceof Error ? err.message : String(err)}. ${howTo}`);
+    }
+    if (llama.buildType !== "localBuild" || keepKvVersionOf(llama) != null) {
+        await llama.dispose();
+        throw new LlamaBuildError("VANILLA_UNAVAILABLE", `expected the unpatched local build, got a ${llama.buildType} build${keepKvVersionOf(llama) != null ? " with KeepKV" : ""}`);
+    }
+    return llama;
+}
+
+/** The vanilla baseline of a comparison: node-llama-cpp's prebuilt binary or the unpatched local build. */
+export async function loadVanilla(kind: VanillaKind, opts: LoadOptions = {}): Promise<Llama> {
+    return kind === "prebuilt" ? await loadVanillaLlama(opts) : await loadVanillaLocalLlama(opts);
 }

@@ -3,6 +3,7 @@
 // methods below. Counters only ever increase: nothing here resets on scrape or on an engine restart.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { KeepKvContextStats } from "../engine/keepkv.js";
+import { errorCodes } from "../protocol/errors.js";
 
 const ttftBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160];
 const itlBuckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5];
@@ -183,6 +184,9 @@ export class ServerMetrics {
         this.running.set(0);
         this.waiting.set(0);
         this.wsConnections.set(0);
+        // every known code is exported from the start at 0, so that rate() and increase() see the first error
+        for (const code of Object.keys(errorCodes))
+            this.errors.labels(code).inc(0);
     }
 
     get contentType(): string {
