@@ -145,7 +145,7 @@ async function main(): Promise<void> {
         windows: windows.length,
         evaluatedTokens: windows.length * (contextSize - 1),
         chunk,
-        note: "perplexity of held-out text in windows of the logical context, decoded `chunk` tokens at a time so that the cache compresses as it goes; flash attention on (needed by quantized V); kvBytes = K/V bytes allocated, budget rows include one batch of room",
+        note: "perplexity of held-out text in windows of the logical context, decoded `chunk` tokens at a time so that the cache compresses as it goes; flash attention on (needed by quantized V); kvBytes = K/V bytes allocated (a budget allocates exactly its cells)",
         rows
     };
 

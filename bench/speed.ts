@@ -181,10 +181,9 @@ async function main(): Promise<void> {
         const L = Number(args["batch-context"]);
         const nFull = Number(args["batch-full-sequences"]);
         const budgetCells = Math.floor(budgetFraction * L);
-        const batchRoom = 32;
-        const nKeep = Math.floor(nFull * L / (budgetCells + batchRoom));
-        if (nKeep > batchRoom)
-            throw new Error(`${nKeep} sequences do not fit in a batch of ${batchRoom}: use a larger --budget or a smaller --batch-context`);
+        // the same K/V memory: a keepkv stream holds exactly its budget
+        const nKeep = Math.floor(nFull * L / budgetCells);
+        const batchRoom = Math.max(nKeep, 64);
         const prompt = 32;
         const steps = L - prompt - 8;
         const plan: { s: Setup, sequences: number }[] = setups.map((s) => ({ s, sequences: s.policy === "keepkv" ? nKeep : nFull }));
@@ -193,7 +192,7 @@ async function main(): Promise<void> {
         for (let r = 0; r < repeats; r++) {
             for (const { s, sequences } of plan) {
                 progress(`(b) batch throughput, ${sequences} sequences of ${L} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
-                const context = await makeContext(s, L, sequences, s.policy === "keepkv" ? batchRoom : 64, s.policy === "keepkv" ? budgetCells : null);
+                const context = await makeContext(s, L, sequences, batchRoom, s.policy === "keepkv" ? budgetCells : null);
                 const seqIds = Array.from({ length: sequences }, (_, i) => i);
                 const handles = s.engine !== "vanilla" ? seqIds.map(() => context.getSequence()) : [];
                 await prefill(context, seqIds, corpusTokens, prompt, prompt);

@@ -44,14 +44,13 @@ function firstNumber(value: number | number[] | undefined): number | null {
     return null;
 }
 
-/** Cells each sequence gets: its logical context, or with a KeepKV budget the budget plus one batch. */
+/** Cells each sequence gets: its logical context, or with a KeepKV budget the budget. */
 export function cellsPerSequence(settings: EngineModelSettings): { cells: number, doc: string, budgeted: boolean } {
-    const batch = Math.max(settings.batchSize, settings.sequences);
     const policy = settings.keepKv.policy ?? "off";
     const budget = settings.keepKv.budget;
     if (policy !== "off" && budget != null) {
         const cells = budget <= 1 ? Math.floor(budget * settings.contextSize) : budget;
-        return { cells: cells + batch, doc: `budget ${cells} + batch ${batch} cells`, budgeted: true };
+        return { cells, doc: `budget ${cells} cells`, budgeted: true };
     }
     return { cells: settings.contextSize, doc: `context ${settings.contextSize} cells`, budgeted: false };
 }
@@ -77,7 +76,7 @@ export async function estimateMemory(settings: EngineModelSettings): Promise<Mem
 
     const { cells, doc, budgeted } = cellsPerSequence(settings);
     // every sequence has its own stream; llama.cpp pads a full-size stream to 256 cells (a KeepKV
-    // budget's stream is exactly budget + batch)
+    // budget's stream is exactly the budget)
     const cellsPerStream = budgeted ? cells : pad(cells, 256);
     const kvCells = cellsPerStream * settings.sequences;
     const kvBytes = kvCells * perCell;
