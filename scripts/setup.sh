@@ -60,9 +60,9 @@ npm ci --no-audit --no-fund
 say "compiling TypeScript"
 npm run build
 
-say "building llama.cpp with the KeepKV patches (cached; the first build takes about 9 minutes on 2 cores)"
+say "building llama.cpp with the KeepKV patches (cached; the first build takes about 5 minutes on 2 cores)"
 node dist/scripts/build-llama.js
-say "building the same llama.cpp without the patches (the baseline of the equivalence tests and benchmarks; cached)"
+say "building the same llama.cpp without the patches (the baseline of the equivalence tests and benchmarks; cached, about 3 minutes the first time)"
 node dist/scripts/build-llama.js --vanilla
 
 if [ "$start" -eq 1 ]; then
