@@ -1,13 +1,15 @@
 // npm run bench:speed -- [--json] [--model PATH] [--contexts 1024,4096,8192] [--repeats 3] [--threads 1]
 //                         [--batch-context 1024] [--batch-full-sequences 2] [--budget 0.1] [--chunk FRACTION]
-//                         [--experiments decode,batch,prefill]
+//                         [--experiments decode,batch,prefill,overhead] [--overhead-pairs 15]
 //
 // (a) decode tokens/s at long logical contexts, for node-llama-cpp's vanilla prebuilt binary, the patched build
 //     with KeepKV off, and keepkv at a 10% budget;
 // (b) batch throughput at equal K/V memory: vanilla gets the memory of N full-length sequences, keepkv the same
 //     memory at a 10% budget (as many sequences as fit), all sequences run concurrently to the same length;
 // (c) prefill tokens/s with and without compression;
-// (d) time spent compressing, per event and per generated token.
+// (d) time spent compressing, per event and per generated token;
+// (e) the patches' own overhead: the patched build (off, and keepkv without a budget) against the same sources
+//     built here without the patches (vanilla-local), in alternating pairs.
 // Every figure is the median of repeated runs, and configurations alternate within each repeat, so that
 // every ratio is measured in the same run on a shared, noisy machine. Tokens are fed from the corpus
 // (teacher-forced) rather than sampled: the work per token is the same, and the vanilla binary can run it.
@@ -68,6 +70,8 @@ type Setup = { name: string, engine: Engine, policy: "off" | "keepkv", budget: n
 export type SpeedRow = {
     experiment: string, policy: string, budget: number | null, contextTokens: number, sequences: number,
     tokensPerSecond: number, ratioToVanilla: number | null, ratioToLocalVanilla: number | null,
+    /** overhead experiment: the quartiles of the paired ratios to vanilla-local */
+    ratioQuartiles?: [number, number],
     kvBytes?: number, compressionShare?: number, msPerCompression?: number, msCompressionPerToken?: number
 };
 
@@ -85,10 +89,11 @@ async function main(): Promise<void> {
         budget: { type: "number", default: 0.1 },
         // cells removed per automatic compression, as a fraction of the budget (0: the default, budget/4)
         chunk: { type: "number", default: 0 },
-        experiments: { type: "list", default: "decode,batch,prefill" },
+        experiments: { type: "list", default: "decode,batch,prefill,overhead" },
         "batch-context": { type: "number", default: 1024 },
         "batch-full-sequences": { type: "number", default: 2 },
-        "prefill-tokens": { type: "number", default: 4096 }
+        "prefill-tokens": { type: "number", default: 4096 },
+        "overhead-pairs": { type: "number", default: 15 }
     });
     const modelPath = requireFile(String(args.model), "model", "--model or KEEPKV_MODEL");
     const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
@@ -100,8 +105,8 @@ async function main(): Promise<void> {
         throw new Error(`--chunk must be a fraction of the budget in [0, 1], got ${args.chunk}`);
     const experiments = new Set(String(args.experiments).split(","));
     for (const e of experiments)
-        if (!["decode", "batch", "prefill"].includes(e))
-            throw new Error(`unknown experiment "${e}" (decode, batch, prefill)`);
+        if (!["decode", "batch", "prefill", "overhead"].includes(e))
+            throw new Error(`unknown experiment "${e}" (decode, batch, prefill, overhead)`);
 
     const llamas: Record<Engine, Llama> = { vanilla: await loadVanillaLlama(), local: await loadVanillaLocalLlama(), patched: await loadPatchedLlama() };
     const models: Record<Engine, LlamaModel> = {
@@ -265,6 +270,53 @@ async function main(): Promise<void> {
         }
     }
 
+    // (e) the patches' own overhead: short decodes of the patched build (off, and keepkv with no budget: the vote
+    // bias and the score tracking, never a compression) right after the unpatched local build, many times; the
+    // median of the paired ratios, since this machine's speed drifts more between runs than the effect is large
+    if (experiments.has("overhead")) {
+        const L = 1024;
+        const steps = 256;
+        const pairs = Number(args["overhead-pairs"]);
+        const overheadSetups: Setup[] = [
+            setups.find((s) => s.name === "vanilla-local")!,
+            setups.find((s) => s.name === "off")!,
+            { name: "keepkv (no budget)", engine: "patched", policy: "keepkv", budget: null }
+        ];
+        const tps = new Map<string, number[]>();
+        const ratios = new Map<string, number[]>();
+        for (let r = 0; r < pairs; r++) {
+            progress(`(e) overhead at ${L} tokens, pair ${r + 1}/${pairs}`);
+            let base = 0;
+            for (const s of overheadSetups) {
+                const context = await makeContext(s, L + 16, 1, 512, null);
+                if (s.policy === "keepkv")
+                    context.getSequence();
+                await prefill(context, [0], corpusTokens, L - steps, 512);
+                const v = steps / await decodeSteps(context, [0], corpusTokens, L - steps, steps);
+                await context.dispose();
+                tps.set(s.name, [...(tps.get(s.name) ?? []), v]);
+                if (s.engine === "local")
+                    base = v;
+                else
+                    ratios.set(s.name, [...(ratios.get(s.name) ?? []), v / base]);
+            }
+        }
+        const quartile = (values: number[], q: number) => {
+            const v = [...values].sort((a, b) => a - b);
+            return v[Math.min(v.length - 1, Math.round(q * (v.length - 1)))]!;
+        };
+        const vanillaLocal = median(tps.get("vanilla-local")!);
+        for (const s of overheadSetups) {
+            const r = ratios.get(s.name);
+            rows.push({
+                experiment: "overhead", policy: s.name, budget: null, contextTokens: L, sequences: 1,
+                tokensPerSecond: median(tps.get(s.name)!), ratioToVanilla: null,
+                ratioToLocalVanilla: r != null ? median(r) : median(tps.get(s.name)!) / vanillaLocal,
+                ...(r != null ? { ratioQuartiles: [quartile(r, 0.25), quartile(r, 0.75)] as [number, number] } : {})
+            });
+        }
+    }
+
     const out = {
         machine: machineInfo(),
         model: path.basename(modelPath),
@@ -282,7 +334,7 @@ async function main(): Promise<void> {
         { title: "sequences", value: (r: SpeedRow) => String(r.sequences) },
         { title: "tokens/s", value: (r: SpeedRow) => r.tokensPerSecond.toFixed(1) },
         { title: "vs vanilla", value: (r: SpeedRow) => r.ratioToVanilla == null ? "" : r.ratioToVanilla.toFixed(2) + "x" },
-        { title: "vs vanilla-local", value: (r: SpeedRow) => r.ratioToLocalVanilla == null ? "" : r.ratioToLocalVanilla.toFixed(3) + "x" },
+        { title: "vs vanilla-local", value: (r: SpeedRow) => r.ratioToLocalVanilla == null ? "" : r.ratioToLocalVanilla.toFixed(3) + "x" + (r.ratioQuartiles != null ? ` (${r.ratioQuartiles.map((q) => q.toFixed(3)).join("-")})` : "") },
         { title: "compression share", value: (r: SpeedRow) => pct(r.compressionShare) },
         { title: "ms per compression", value: (r: SpeedRow) => r.msPerCompression?.toFixed(2) ?? "" },
         { title: "compression ms per token", value: (r: SpeedRow) => r.msCompressionPerToken?.toFixed(3) ?? "" }
