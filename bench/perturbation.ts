@@ -1,5 +1,6 @@
 // npm run bench:perturbation -- [--json] [--model PATH] [--mha] [--flash-attention on|off]
-//                               [--cache-type f16|q8_0|q4_0] [--threshold T] [--tokens N] [--remove FRACTION]
+//                               [--cache-type f16|q8_0|q4_0] [--cache-type-k T] [--cache-type-v T]
+//                               [--threshold T] [--tokens N] [--remove FRACTION]
 //                               [--suite]
 //
 // Evaluates a prompt from the corpus, records the logits of its last token, removes the same cells with
@@ -20,7 +21,10 @@ import { parseArgs } from "./lib/args.js";
 import { machineInfo, markdownTable, progress, resultsDir } from "./lib/report.js";
 import { CacheType, measurePerturbation, PerturbationMeasurement, promptTokens } from "./lib/perturbation.js";
 
-type Config = { model: string, mha: boolean, flashAttention: boolean, cacheType: CacheType, threshold: number };
+type Config = {
+    model: string, mha: boolean, flashAttention: boolean, cacheType: CacheType, cacheTypeK?: CacheType, cacheTypeV?: CacheType,
+    threshold: number
+};
 type ConfigResult = Config & { label: string, promptTokens: number, floor: PerturbationMeasurement["floor"], rows: PerturbationMeasurement["results"] };
 
 async function runConfig(llama: Llama, c: Config, text: string, tokenCount: number, remove: number): Promise<ConfigResult> {
@@ -35,16 +39,23 @@ async function runConfig(llama: Llama, c: Config, text: string, tokenCount: numb
     try {
         const tokens = promptTokens(model, text, tokenCount);
         const m = await measurePerturbation({
-            model, tokens, removeFraction: remove, flashAttention: c.flashAttention, cacheType: c.cacheType, threshold: c.threshold
+            model, tokens, removeFraction: remove, flashAttention: c.flashAttention, cacheType: c.cacheType,
+            cacheTypeK: c.cacheTypeK, cacheTypeV: c.cacheTypeV, threshold: c.threshold
         });
         const label = `${path.basename(c.model, ".gguf")}${c.mha ? " (MHA copy)" : ""}, flash attention ${c.flashAttention ? "on" : "off"}, ` +
-            `${c.cacheType} cache, T ${c.threshold}`;
+            `${cacheLabel(c)} cache, T ${c.threshold}`;
         return { ...c, label, promptTokens: tokens.length, floor: m.floor, rows: m.results };
     } finally {
         await model.dispose();
         if (tmp != null)
             fs.rmSync(tmp, { recursive: true, force: true });
     }
+}
+
+function cacheLabel(c: Config): string {
+    const k = c.cacheTypeK ?? c.cacheType;
+    const v = c.cacheTypeV ?? c.cacheType;
+    return k === v ? k : `K ${k} / V ${v}`;
 }
 
 function printConfig(r: ConfigResult): void {
@@ -73,6 +84,8 @@ async function main(): Promise<void> {
         corpus: { type: "string", default: corpusPath() },
         "flash-attention": { type: "enum", values: ["on", "off"], default: "off" },
         "cache-type": { type: "enum", values: ["f16", "q8_0", "q4_0"], default: "f16" },
+        "cache-type-k": { type: "enum", values: ["f16", "q8_0", "q4_0"], default: "" },
+        "cache-type-v": { type: "enum", values: ["f16", "q8_0", "q4_0"], default: "" },
         threshold: { type: "number", default: 0.8 },
         tokens: { type: "number", default: 300 },
         remove: { type: "number", default: 0.25 },
@@ -98,7 +111,10 @@ async function main(): Promise<void> {
     } else {
         configs = [{
             model: requireFile(String(args.model), "model", "--model or KEEPKV_MODEL"), mha: Boolean(args.mha),
-            flashAttention: args["flash-attention"] === "on", cacheType: args["cache-type"] as CacheType, threshold: Number(args.threshold)
+            flashAttention: args["flash-attention"] === "on", cacheType: args["cache-type"] as CacheType,
+            cacheTypeK: (args["cache-type-k"] || undefined) as CacheType | undefined,
+            cacheTypeV: (args["cache-type-v"] || undefined) as CacheType | undefined,
+            threshold: Number(args.threshold)
         }];
     }
 
@@ -116,6 +132,7 @@ async function main(): Promise<void> {
     const out = single != null
         ? {
             machine: machineInfo(), model: single.model, mha: single.mha, cacheType: single.cacheType,
+            cacheTypeK: single.cacheTypeK ?? single.cacheType, cacheTypeV: single.cacheTypeV ?? single.cacheType,
             flashAttention: single.flashAttention, threshold: single.threshold, promptTokens: single.promptTokens,
             floor: single.floor, rows: single.rows, results: single.rows
         }

@@ -37,6 +37,9 @@ export type PerturbationOptions = {
     removeFraction: number,
     flashAttention: boolean,
     cacheType: CacheType,
+    /** the K and V cache types where they differ (default: cacheType) */
+    cacheTypeK?: CacheType,
+    cacheTypeV?: CacheType,
     threshold: number,
     cases?: PerturbationCase[],
     /** CPU threads (default: node-llama-cpp's) */
@@ -91,8 +94,8 @@ export async function measurePerturbation(opts: PerturbationOptions): Promise<Pe
         batchSize: Math.max(512, n),
         sequences: 1,
         flashAttention: opts.flashAttention,
-        experimentalKvCacheKeyType: ggmlTypeName[opts.cacheType],
-        experimentalKvCacheValueType: ggmlTypeName[opts.cacheType],
+        experimentalKvCacheKeyType: ggmlTypeName[opts.cacheTypeK ?? opts.cacheType],
+        experimentalKvCacheValueType: ggmlTypeName[opts.cacheTypeV ?? opts.cacheType],
         ...(opts.threads != null ? { threads: opts.threads } : {})
     };
 
