@@ -12,7 +12,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import {
-    BuildGpu, BuildInputs, BuildManifest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
+    BuildGpu, BuildInputs, BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
 } from "./lib/build-key.js";
 import {
     buildCacheDir, buildManifestPath, llamaPatchesDir, nlcBundlePath, nlcLlamaCppDir, nlcLlamaDir,
@@ -67,7 +67,7 @@ function restoreFromCache(cacheEntry: string, manifest: BuildManifest, manifestP
     fs.rmSync(target, { recursive: true, force: true });
     fs.mkdirSync(nlcLocalBuildsDir, { recursive: true });
     copyDir(path.join(cacheEntry, "build"), target);
-    fs.writeFileSync(manifestPath, JSON.stringify(manifest, null, 4) + "\n");
+    fs.writeFileSync(manifestPath, JSON.stringify({ ...manifest, digest: buildDigest(manifest.folderName) }, null, 4) + "\n");
 }
 
 function storeInCache(cacheEntry: string, manifest: BuildManifest): void {
@@ -118,8 +118,11 @@ export function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: Buil
     const current = readBuildManifest(manifestPath);
     if (opts.force !== true && current?.key === key &&
         fs.existsSync(path.join(nlcLocalBuildsDir, current.folderName, "Release", "llama-addon.node"))) {
-        log(`${flavor} build ${key} is up to date`);
-        return { manifest: current, source: "up-to-date", seconds: seconds() };
+        if (current.digest != null && current.digest === buildDigest(current.folderName)) {
+            log(`${flavor} build ${key} is up to date`);
+            return { manifest: current, source: "up-to-date", seconds: seconds() };
+        }
+        log(`the installed ${flavor} build is not the one recorded for ${key} (rebuilt in place by scripts/dev-rebuild.sh?): replacing it`);
     }
 
     if (opts.force !== true && fs.existsSync(path.join(cacheEntry, "manifest.json"))) {
@@ -165,7 +168,8 @@ export function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: Buil
     }
 
     const manifest: BuildManifest = {
-        key, folderName: built.folderName, gpu: opts.gpu, cmakeOptions: built.cmakeOptions, builtAt: new Date().toISOString(), inputs
+        key, folderName: built.folderName, gpu: opts.gpu, cmakeOptions: built.cmakeOptions, builtAt: new Date().toISOString(), inputs,
+        digest: buildDigest(built.folderName) ?? undefined
     };
     fs.writeFileSync(manifestPath, JSON.stringify(manifest, null, 4) + "\n");
     storeInCache(cacheEntry, manifest);

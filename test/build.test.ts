@@ -7,7 +7,7 @@ import { buildPatchedLlama, cloneBundledLlamaCpp } from "../scripts/build-llama.
 import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../scripts/lib/build-key.js";
 import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir } from "../scripts/lib/paths.js";
 import { applySeriesToGitTree, git, listPatches, PatchApplyError } from "../scripts/lib/patch-series.js";
-import { keepKvVersionOf, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
+import { keepKvVersionOf, LlamaBuildError, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { defaultModelPath, ModelPathError, requireFile } from "../server/engine/model-paths.js";
 
 describe("offline patched build", function () {
@@ -144,5 +144,23 @@ describe("build cache", function () {
 
         const again = buildPatchedLlama({ gpu: manifest.gpu });
         assert.equal(again.source, "up-to-date");
+    });
+
+    it("a build rebuilt in place (scripts/dev-rebuild.sh) is refused by the loader and replaced by the build script", async function () {
+        const manifest = readBuildManifest();
+        assert.ok(manifest != null, "the setup command built llama.cpp");
+        const release = path.join(nlcLocalBuildsDir, manifest.folderName, "Release");
+        const lib = fs.readdirSync(release).find((f) => f.startsWith("libllama.") && f.includes(".so"));
+        assert.ok(lib != null, `a libllama in ${release}`);
+        // what a rebuild in place leaves: other bytes under the same key (a trailing byte keeps the library loadable)
+        fs.appendFileSync(path.join(release, lib), Buffer.from([0]));
+        try {
+            await assert.rejects(loadPatchedLlama(), (err: unknown) => err instanceof LlamaBuildError && err.code === "BUILD_MODIFIED" &&
+                /KEEPKV_ALLOW_DEV_BUILD=1/.test(err.message) && /npm run build:llama/.test(err.message));
+        } finally {
+            const result = buildPatchedLlama({ gpu: manifest.gpu });
+            assert.equal(result.source, "cache", "the recorded build is put back from the cache");
+        }
+        assert.equal(buildPatchedLlama({ gpu: manifest.gpu }).source, "up-to-date");
     });
 });

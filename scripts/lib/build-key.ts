@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { buildManifestPath, llamaPatchesDir, nlcPackageDir, nlcPatchesDir } from "./paths.js";
+import { buildManifestPath, llamaPatchesDir, nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir } from "./paths.js";
 import { listPatches } from "./patch-series.js";
 
 /** Bump when the build recipe itself changes in a way that changes the binary. */
@@ -41,7 +41,9 @@ export type BuildManifest = {
     gpu: BuildGpu,
     cmakeOptions: Record<string, string>,
     builtAt: string,
-    inputs: BuildInputs
+    inputs: BuildInputs,
+    /** sha256 of the binaries as built or restored (buildDigest): tells a development rebuild in place apart */
+    digest?: string
 };
 
 function sha256(data: string | Buffer): string {
@@ -94,6 +96,25 @@ export function computeBuildInputs(
 
 export function computeBuildKey(inputs: BuildInputs): string {
     return sha256(JSON.stringify(inputs)).slice(0, 24);
+}
+
+/**
+ * A digest of the binaries of a local build (every file of its Release folder but node-llama-cpp's JSON
+ * metadata), or null when the folder does not exist. scripts/dev-rebuild.sh rebuilds in place under the same
+ * folder and key, so the key alone cannot tell its binaries from the ones npm run build:llama made.
+ */
+export function buildDigest(folderName: string): string | null {
+    const dir = path.join(nlcLocalBuildsDir, folderName, "Release");
+    if (!fs.existsSync(dir))
+        return null;
+    const hash = createHash("sha256");
+    for (const name of fs.readdirSync(dir).sort()) {
+        const file = path.join(dir, name);
+        if (name.endsWith(".json") || !fs.statSync(file).isFile())
+            continue;
+        hash.update(name).update("\0").update(fs.readFileSync(file)).update("\0");
+    }
+    return hash.digest("hex");
 }
 
 export function readBuildManifest(manifestPath: string = buildManifestPath): BuildManifest | null {

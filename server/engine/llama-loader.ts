@@ -4,10 +4,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
 import { buildInputsOf } from "../../scripts/build-llama.js";
-import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
+import { BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
 import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../scripts/lib/paths.js";
 
-export type LlamaBuildErrorCode = "BUILD_MISSING" | "BUILD_STALE" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";
+export type LlamaBuildErrorCode =
+    "BUILD_MISSING" | "BUILD_STALE" | "BUILD_MODIFIED" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";
 
 export type VanillaKind = "prebuilt" | "local";
 
@@ -26,6 +27,26 @@ type Bindings = { keepKvVersion?: () => string };
 export function keepKvVersionOf(llama: Llama): string | null {
     const bindings = (llama as unknown as { _bindings: Bindings })._bindings;
     return typeof bindings.keepKvVersion === "function" ? bindings.keepKvVersion() : null;
+}
+
+let devBuildWarned = false;
+
+/**
+ * The binaries must be the ones the build script recorded: scripts/dev-rebuild.sh rebuilds in place under the
+ * same key, and such a build is loaded only when KEEPKV_ALLOW_DEV_BUILD=1 says so (with a warning), never
+ * in its place without a word.
+ */
+function checkBuildDigest(manifest: BuildManifest, what: string, howTo: string): void {
+    if (manifest.digest == null || manifest.digest === buildDigest(manifest.folderName))
+        return;
+    if (process.env.KEEPKV_ALLOW_DEV_BUILD !== "1")
+        throw new LlamaBuildError("BUILD_MODIFIED",
+            `The installed ${what} is not the one the build script made for ${manifest.key}: it was rebuilt in place ` +
+            `(scripts/dev-rebuild.sh?). ${howTo} to put the recorded build back, or set KEEPKV_ALLOW_DEV_BUILD=1 to load this one.`);
+    if (!devBuildWarned) {
+        devBuildWarned = true;
+        process.stderr.write(`keepkv: KEEPKV_ALLOW_DEV_BUILD=1: loading a ${what} rebuilt in place, not the recorded build ${manifest.key}\n`);
+    }
 }
 
 export type LoadOptions = {
@@ -49,6 +70,7 @@ export async function loadPatchedLlama(opts: LoadOptions = {}): Promise<Llama> {
         if (key !== manifest.key)
             throw new LlamaBuildError("BUILD_STALE",
                 `The keepkv build of llama.cpp (${manifest.key}) does not match the current patches or machine (${key}). ${howToBuild}`);
+        checkBuildDigest(manifest, "keepkv build of llama.cpp", "Run `npm run build:llama`");
     }
 
     let llama: Llama;
@@ -115,6 +137,7 @@ export async function loadVanillaLocalLlama(opts: LoadOptions = {}): Promise<Lla
         throw new LlamaBuildError("VANILLA_UNAVAILABLE", `The unpatched local build of llama.cpp is missing. ${howTo}`);
     if (manifest.key !== computeBuildKey(buildInputsOf("vanilla", manifest.gpu)))
         throw new LlamaBuildError("BUILD_STALE", `The unpatched local build of llama.cpp (${manifest.key}) was made for another node-llama-cpp or machine. ${howTo}`);
+    checkBuildDigest(manifest, "unpatched local build of llama.cpp", "Run `npm run build:llama -- --vanilla`");
     let llama: Llama;
     try {
         llama = await getLlama({
