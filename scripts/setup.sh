@@ -67,5 +67,7 @@ node dist/scripts/build-llama.js --vanilla
 
 if [ "$start" -eq 1 ]; then
     say "starting the server (Ctrl-C to stop)"
-    exec npm start
+    # the server itself replaces this script (what npm start runs, without npm): a SIGTERM sent to this
+    # script's process reaches the server, which drains and exits; npm would exit and leave it running
+    exec node dist/server/main.js
 fi
