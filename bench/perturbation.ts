@@ -18,7 +18,7 @@ import { loadPatchedLlama } from "../server/engine/llama-loader.js";
 import { corpusPath, defaultModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
 import { makeMhaCopy } from "../scripts/lib/gguf-mha.js";
 import { parseArgs } from "./lib/args.js";
-import { machineInfo, markdownTable, progress, resultsDir } from "./lib/report.js";
+import { groupedBarChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng } from "./lib/report.js";
 import { CacheType, measurePerturbation, PerturbationMeasurement, promptTokens } from "./lib/perturbation.js";
 
 type Config = {
@@ -64,6 +64,25 @@ function printConfig(r: ConfigResult): void {
     process.stdout.write(`${"(floor)".padEnd(13)} ${"-".padEnd(8)} ${"0".padStart(7)}  ${r.floor.maxAbsLogitDiff.toExponential(3).padEnd(12)} ${r.floor.klDivergence.toExponential(3).padEnd(12)}\n`);
     for (const x of r.rows)
         process.stdout.write(`${x.policy.padEnd(13)} ${(x.variant ?? "-").padEnd(8)} ${String(x.cellsRemoved).padStart(7)}  ${x.maxAbsLogitDiff.toExponential(3).padEnd(12)} ${x.klDivergence.toExponential(3).padEnd(12)} ${x.merges.toFixed(1).padStart(6)}  ${x.evictions.toFixed(1).padStart(9)}\n`);
+}
+
+// a label short enough to stand under a bar group
+function shortLabel(r: ConfigResult): string {
+    const model = path.basename(r.model, ".gguf").replace(/^stories3M-/, "");
+    return `${r.mha ? "MHA copy" : "GQA"} ${model}, FA ${r.flashAttention ? "on" : "off"}, ${cacheLabel(r)}${r.threshold !== 1e-6 ? `, T ${r.threshold}` : ""}`;
+}
+
+function suiteChartSvg(results: ConfigResult[]): string {
+    const cases = results[0]!.rows.map((r) => (r.variant != null ? `${r.policy}/${r.variant}` : r.policy));
+    return groupedBarChartSvg({
+        title: "KL divergence of the next-token distribution after removing 25% of the cells",
+        yLabel: "KL divergence (log scale)",
+        categories: results.map(shortLabel),
+        series: [
+            { name: "floor", values: results.map((r) => r.floor.klDivergence) },
+            ...cases.map((name, i) => ({ name, values: results.map((r) => r.rows[i]!.klDivergence) }))
+        ]
+    });
 }
 
 function suiteMarkdown(results: ConfigResult[], key: "maxAbsLogitDiff" | "klDivergence"): string {
@@ -146,7 +165,11 @@ async function main(): Promise<void> {
             `${tokenCount} prompt tokens, ${Math.round(remove * 100)}% of the cells removed (the same cells for every policy), then the last ` +
             "token recomputed. The floor is the recomputation with nothing removed.\n\n" +
             "Largest change of a logit:\n\n" + suiteMarkdown(results, "maxAbsLogitDiff") +
-            "\nKL divergence of the next-token distribution:\n\n" + suiteMarkdown(results, "klDivergence"));
+            "\nKL divergence of the next-token distribution:\n\n" + suiteMarkdown(results, "klDivergence") +
+            "\n![KL divergence per configuration and policy](perturbation.png)\n");
+        const svg = suiteChartSvg(results);
+        fs.writeFileSync(path.join(dir, "perturbation.svg"), svg);
+        await svgToPng(svg, path.join(dir, "perturbation.png"));
         progress(`wrote ${path.join(dir, "perturbation.md")}`);
     }
 

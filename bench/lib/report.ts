@@ -114,6 +114,61 @@ export function lineChartSvg(opts: {
     return parts.join("\n");
 }
 
+/**
+ * Grouped bars on a log scale, one group per category and one bar per series: values of 0 (a log scale has
+ * no room for them) stand at the bottom of the axis, labelled 0.
+ */
+export function groupedBarChartSvg(opts: {
+    title: string, yLabel: string, categories: string[], series: { name: string, values: number[] }[],
+    width?: number, height?: number
+}): string {
+    const width = opts.width ?? 1160;
+    const height = opts.height ?? 560;
+    const m = { left: 150, right: 170, top: 50, bottom: 150 };
+    const positive = opts.series.flatMap((s) => s.values).filter((v) => v > 0);
+    const y1 = Math.ceil(Math.log10(Math.max(...positive)));
+    const y0 = Math.floor(Math.log10(Math.min(...positive))) - 1;
+    const plotW = width - m.left - m.right;
+    const plotH = height - m.top - m.bottom;
+    const py = (v: number) => height - m.bottom - (Math.log10(v) - y0) / (y1 - y0) * plotH;
+    const colors = ["#7f7f7f", "#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#17becf", "#8c564b"];
+    const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+    const groupW = plotW / opts.categories.length;
+    const barW = groupW * 0.8 / opts.series.length;
+    const parts: string[] = [];
+    parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="13">`);
+    parts.push(`<rect width="100%" height="100%" fill="white"/>`);
+    parts.push(`<text x="${width / 2}" y="28" text-anchor="middle" font-size="16" font-weight="bold">${esc(opts.title)}</text>`);
+    for (let e = y0; e <= y1; e++) {
+        const y = py(10 ** e);
+        parts.push(`<line x1="${m.left - 4}" y1="${y}" x2="${width - m.right}" y2="${y}" stroke="#eee"/>`);
+        parts.push(`<text x="${m.left - 8}" y="${y + 4}" text-anchor="end">1e${e}</text>`);
+    }
+    parts.push(`<line x1="${m.left}" y1="${height - m.bottom}" x2="${width - m.right}" y2="${height - m.bottom}" stroke="#333"/>`);
+    parts.push(`<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${height - m.bottom}" stroke="#333"/>`);
+    parts.push(`<text transform="translate(20 ${(m.top + height - m.bottom) / 2}) rotate(-90)" text-anchor="middle">${esc(opts.yLabel)}</text>`);
+    opts.categories.forEach((c, ci) => {
+        const gx = m.left + ci * groupW + groupW * 0.1;
+        opts.series.forEach((s, si) => {
+            const v = s.values[ci]!;
+            const x = gx + si * barW;
+            const top = v > 0 ? py(v) : height - m.bottom - 2;
+            parts.push(`<rect x="${x}" y="${top}" width="${barW * 0.9}" height="${height - m.bottom - top}" fill="${colors[si % colors.length]}"/>`);
+            if (!(v > 0))
+                parts.push(`<text x="${x + barW * 0.45}" y="${top - 4}" text-anchor="middle" font-size="11">0</text>`);
+        });
+        const lx = m.left + (ci + 0.5) * groupW;
+        parts.push(`<text transform="translate(${lx} ${height - m.bottom + 16}) rotate(-25)" text-anchor="end" font-size="12">${esc(c)}</text>`);
+    });
+    opts.series.forEach((s, si) => {
+        const ly = m.top + 10 + si * 20;
+        parts.push(`<rect x="${width - m.right + 15}" y="${ly - 12}" width="14" height="14" fill="${colors[si % colors.length]}"/>`);
+        parts.push(`<text x="${width - m.right + 35}" y="${ly}">${esc(s.name)}</text>`);
+    });
+    parts.push(`</svg>`);
+    return parts.join("\n");
+}
+
 /** Renders an SVG document to PNG with the system's Chromium (Debian package chromium), offline. */
 export async function svgToPng(svg: string, pngPath: string): Promise<void> {
     const executablePath = process.env.KEEPKV_CHROMIUM ?? "/usr/bin/chromium";
