@@ -49,6 +49,23 @@ function checkBuildDigest(manifest: BuildManifest, what: string, howTo: string):
     }
 }
 
+/** node-llama-cpp's loading of the local build a manifest records (never building or downloading anything). */
+async function getLocalBuild(manifest: BuildManifest, opts: LoadOptions, failure: (reason: string) => LlamaBuildError): Promise<Llama> {
+    try {
+        return await getLlama({
+            gpu: manifest.gpu,
+            build: "never",
+            usePrebuiltBinaries: false,
+            cmakeOptions: manifest.cmakeOptions,
+            skipDownload: true,
+            progressLogs: false,
+            logLevel: opts.logLevel ?? LlamaLogLevel.error
+        });
+    } catch (err) {
+        throw failure(err instanceof Error ? err.message : String(err));
+    }
+}
+
 export type LoadOptions = {
     logLevel?: LlamaLogLevel,
     /** skip the check that the build matches the current patch series (tools that inspect old builds) */
@@ -73,21 +90,8 @@ export async function loadPatchedLlama(opts: LoadOptions = {}): Promise<Llama> {
         checkBuildDigest(manifest, "keepkv build of llama.cpp", "Run `npm run build:llama`");
     }
 
-    let llama: Llama;
-    try {
-        llama = await getLlama({
-            gpu: manifest.gpu,
-            build: "never",
-            usePrebuiltBinaries: false,
-            cmakeOptions: manifest.cmakeOptions,
-            skipDownload: true,
-            progressLogs: false,
-            logLevel: opts.logLevel ?? LlamaLogLevel.error
-        });
-    } catch (err) {
-        throw new LlamaBuildError("BUILD_LOAD_FAILED",
-            `node-llama-cpp could not load the keepkv build: ${err instanceof Error ? err.message : String(err)}. ${howToBuild}`);
-    }
+    const llama = await getLocalBuild(manifest, opts, (reason) => new LlamaBuildError("BUILD_LOAD_FAILED",
+        `node-llama-cpp could not load the keepkv build: ${reason}. ${howToBuild}`));
 
     if (llama.buildType !== "localBuild" || keepKvVersionOf(llama) == null) {
         await llama.dispose();
@@ -138,21 +142,8 @@ export async function loadVanillaLocalLlama(opts: LoadOptions = {}): Promise<Lla
     if (manifest.key !== computeBuildKey(buildInputsOf("vanilla", manifest.gpu)))
         throw new LlamaBuildError("BUILD_STALE", `The unpatched local build of llama.cpp (${manifest.key}) was made for another node-llama-cpp or machine. ${howTo}`);
     checkBuildDigest(manifest, "unpatched local build of llama.cpp", "Run `npm run build:llama -- --vanilla`");
-    let llama: Llama;
-    try {
-        llama = await getLlama({
-            gpu: manifest.gpu,
-            build: "never",
-            usePrebuiltBinaries: false,
-            cmakeOptions: manifest.cmakeOptions,
-            skipDownload: true,
-            progressLogs: false,
-            logLevel: opts.logLevel ?? LlamaLogLevel.error
-        });
-    } catch (err) {
-        throw new LlamaBuildError("VANILLA_UNAVAILABLE",
-            `node-llama-cpp could not load the unpatched local build: ${err instanceof Error ? err.message : String(err)}. ${howTo}`);
-    }
+    const llama = await getLocalBuild(manifest, opts, (reason) => new LlamaBuildError("VANILLA_UNAVAILABLE",
+        `node-llama-cpp could not load the unpatched local build: ${reason}. ${howTo}`));
     if (llama.buildType !== "localBuild" || keepKvVersionOf(llama) != null) {
         await llama.dispose();
         throw new LlamaBuildError("VANILLA_UNAVAILABLE", `expected the unpatched local build, got a ${llama.buildType} build${keepKvVersionOf(llama) != null ? " with KeepKV" : ""}`);
