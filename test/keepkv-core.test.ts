@@ -1,6 +1,7 @@
 // KeepKV in llama.cpp, against the real build and the real stories3M: equivalence with vanilla llama.cpp,
 // zero perturbation of ZIP merging, the GQA head mapping of the votes, votes as copies, and bad input.
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -12,29 +13,10 @@ import {
 } from "../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { corpusPath, testModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
+import { repoRoot } from "../scripts/lib/paths.js";
 import { maxAbsDiff, rawCopyCells, rawDecode, rawRemoveCells } from "./helpers/raw-context.js";
 
 const f16ModelPath = () => requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
-
-type RawAddonContext = { init(): Promise<boolean>, dispose(): Promise<void> };
-
-/**
- * Makes and initializes the addon's own context for `model` with `params` (what LlamaContext passes it), resolving
- * to what init() resolves to and rejecting with its error; the native context is disposed either way. No
- * LlamaContext is made, so nothing is left holding the model's dispose guard when the init fails.
- */
-async function rawContextInit(model: LlamaModel, params: object): Promise<boolean> {
-    const internals = model as unknown as {
-        _llama: { _bindings: { AddonContext: new (model: unknown, params: object) => RawAddonContext } },
-        _model: unknown
-    };
-    const context = new internals._llama._bindings.AddonContext(internals._model, params);
-    try {
-        return await context.init();
-    } finally {
-        await context.dispose();
-    }
-}
 
 describe("KeepKV core", function () {
     let llama: Llama;
@@ -371,17 +353,41 @@ describe("KeepKV core", function () {
         });
 
         it("llama.cpp itself refuses invalid parameters that bypass the TypeScript checks", async function () {
-            // straight to the addon's context, not model.createContext: when the native init fails, node-llama-cpp
-            // 3.21.1 drops the half-made LlamaContext without disposing it (LlamaContext._create), and that object
-            // holds a prevention handle on the model's dispose guard. Once it is garbage collected nothing can
-            // release the handle, and model.dispose() (then llama.dispose()) waits forever: the hang of this
-            // suite's after hook, whenever a GC ran between this test and it
-            const raw = (keepKv: object) => rawContextInit(model, { contextSize: 512, batchSize: 64, sequences: 1, threads: 1, keepKv });
-            assert.equal(await raw({ policy: 4, threshold: 0.5 }), true, "the same call with valid parameters succeeds");
+            const raw = (keepKv: object) => model.createContext({ contextSize: 512, batchSize: 64, keepKv } as LlamaContextOptions);
             await assert.rejects(raw({ policy: 9 }), /KeepKV: unknown policy/);
             await assert.rejects(raw({ policy: 4, threshold: 2 }), /KeepKV: the similarity threshold/);
             await assert.rejects(raw({ policy: 4, budget: 20, sinks: 4, recent: 32 }), /KeepKV: a budget of 20 cells/);
             await assert.rejects(raw({ policy: 0, budget: 64 }), /KeepKV: a KV budget needs a compression policy/);
+        });
+
+        it("a refused context does not keep its model from being disposed, even once it is garbage collected", function () {
+            // node-llama-cpp 3.21.1 dropped a context whose native init failed without releasing the handle it
+            // holds on the model's dispose guard; after a GC, model.dispose() waited forever (patches/node-llama-cpp
+            // 0003). A process of its own, for --expose-gc and a hang that cannot take this suite with it
+            const script = [
+                `import { loadPatchedLlama } from ${JSON.stringify(path.join(repoRoot, "dist", "server", "engine", "llama-loader.js"))};`,
+                "const llama = await loadPatchedLlama();",
+                `const model = await llama.loadModel({ modelPath: ${JSON.stringify(testModelPath())} });`,
+                "for (let i = 0; i < 4; i++)",
+                "    await model.createContext({ contextSize: 512, keepKv: { policy: 9 } }).then(() => process.exit(3), () => {});",
+                "globalThis.gc();",
+                "await new Promise((resolve) => setTimeout(resolve, 100));",
+                "globalThis.gc();",
+                "await model.dispose();",
+                "await llama.dispose();",
+                "console.log('disposed');"
+            ].join("\n");
+            const file = path.join(repoRoot, "dist", "test", "refused-context-gc.probe.mjs");
+            fs.writeFileSync(file, script);
+            try {
+                const out = spawnSync(process.execPath, ["--expose-gc", file], { encoding: "utf8", timeout: 60_000 });
+                assert.equal(out.status, 0, out.stderr);
+                // a dispose that waits forever leaves nothing to keep the event loop alive: the probe then exits
+                // without getting to its last line
+                assert.match(out.stdout, /disposed/, `model.dispose() never resolved after the refused contexts were collected:\n${out.stderr}`);
+            } finally {
+                fs.rmSync(file, { force: true });
+            }
         });
 
         it("compression is refused on a context without KeepKV, and for cells that may not leave", async function () {
