@@ -80,8 +80,15 @@ export class PromptBuilder {
             else
                 stopTokenSequences.push(text.tokenize(this.model.tokenizer));
         }
+        const tokens = state.contextText.tokenize(this.model.tokenizer);
+        // node-llama-cpp's wrappers open the context with BOS whatever the model says. A model whose GGUF asks
+        // for no BOS (add_bos_token false) can use the same token in its template: SmolLM2's BOS is
+        // <|im_start|>, so the ChatML wrapper's prompt began <|im_start|><|im_start|>system, and greedy
+        // decoding answered "What is the capital of France?" in broken French instead of "Paris"
+        if (!this.model.tokens.shouldPrependBosToken && tokens.length > 0 && tokens[0] === this.model.tokens.bos)
+            tokens.shift();
         return {
-            tokens: state.contextText.tokenize(this.model.tokenizer),
+            tokens,
             text: null,
             stopStrings: stopStrings.filter((s) => s !== ""),
             stopTokenSequences: stopTokenSequences.filter((s) => s.length > 0)
