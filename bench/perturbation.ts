@@ -15,9 +15,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { Llama } from "node-llama-cpp";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
-import { corpusPath, defaultModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
+import { testModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
 import { makeMhaCopy } from "../scripts/lib/gguf-mha.js";
 import { parseArgs } from "./lib/args.js";
+import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { groupedBarChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng } from "./lib/report.js";
 import { CacheType, measurePerturbation, PerturbationMeasurement, promptTokens } from "./lib/perturbation.js";
 
@@ -68,7 +69,7 @@ function printConfig(r: ConfigResult): void {
 
 // a label short enough to stand under a bar group
 function shortLabel(r: ConfigResult): string {
-    const model = path.basename(r.model, ".gguf").replace(/^stories3M-/, "");
+    const model = path.basename(r.model, ".gguf").replace(/^stories3M-/, "").replace(/^SmolLM2-135M-Instruct\./, "SmolLM2 ");
     return `${r.mha ? "MHA copy" : "GQA"} ${model}, FA ${r.flashAttention ? "on" : "off"}, ${cacheLabel(r)}${r.threshold !== 1e-6 ? `, T ${r.threshold}` : ""}`;
 }
 
@@ -98,9 +99,9 @@ function suiteMarkdown(results: ConfigResult[], key: "maxAbsLogitDiff" | "klDive
 async function main(): Promise<void> {
     const args = parseArgs(process.argv.slice(2), {
         json: { type: "boolean", default: false },
-        model: { type: "string", default: defaultModelPath() },
+        model: { type: "string", default: "stories3m" },
         mha: { type: "boolean", default: false },
-        corpus: { type: "string", default: corpusPath() },
+        corpus: { type: "string", default: "tinystories" },
         "flash-attention": { type: "enum", values: ["on", "off"], default: "off" },
         "cache-type": { type: "enum", values: ["f16", "q8_0", "q4_0"], default: "f16" },
         "cache-type-k": { type: "enum", values: ["f16", "q8_0", "q4_0"], default: "" },
@@ -110,14 +111,15 @@ async function main(): Promise<void> {
         remove: { type: "number", default: 0.25 },
         suite: { type: "boolean", default: false }
     });
-    const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
+    const text = fs.readFileSync(resolveCorpus(String(args.corpus)), "utf8");
     const tokenCount = Number(args.tokens);
     const remove = Number(args.remove);
 
     let configs: Config[];
     if (args.suite) {
-        const q8 = requireFile(defaultModelPath(), "model", "KEEPKV_MODEL");
+        const q8 = requireFile(testModelPath(), "model", "KEEPKV_TEST_MODEL");
         const f16 = requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
+        const smol = resolveModel("smollm2-f16");
         configs = [
             { model: q8, mha: true, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
             { model: q8, mha: true, flashAttention: true, cacheType: "f16", threshold: 1e-6 },
@@ -125,11 +127,16 @@ async function main(): Promise<void> {
             { model: f16, mha: false, flashAttention: true, cacheType: "f16", threshold: 1e-6 },
             { model: f16, mha: false, flashAttention: true, cacheType: "q8_0", threshold: 1e-6 },
             { model: q8, mha: false, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
-            { model: f16, mha: false, flashAttention: false, cacheType: "f16", threshold: 0.8 }
+            { model: f16, mha: false, flashAttention: false, cacheType: "f16", threshold: 0.8 },
+            // the real chat model, in F16 (its Q4_1 matrix products would round every change to 8-bit steps)
+            { model: smol, mha: true, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
+            { model: smol, mha: false, flashAttention: false, cacheType: "f16", threshold: 1e-6 },
+            { model: smol, mha: false, flashAttention: true, cacheType: "f16", threshold: 1e-6 },
+            { model: smol, mha: false, flashAttention: false, cacheType: "f16", threshold: 0.8 }
         ];
     } else {
         configs = [{
-            model: requireFile(String(args.model), "model", "--model or KEEPKV_MODEL"), mha: Boolean(args.mha),
+            model: resolveModel(String(args.model)), mha: Boolean(args.mha),
             flashAttention: args["flash-attention"] === "on", cacheType: args["cache-type"] as CacheType,
             cacheTypeK: (args["cache-type-k"] || undefined) as CacheType | undefined,
             cacheTypeV: (args["cache-type-v"] || undefined) as CacheType | undefined,
@@ -155,7 +162,7 @@ async function main(): Promise<void> {
             flashAttention: single.flashAttention, threshold: single.threshold, promptTokens: single.promptTokens,
             floor: single.floor, rows: single.rows, results: single.rows
         }
-        : { machine: machineInfo(), model: "stories3M (q8_0, f16, MHA copy)", removeFraction: remove, configurations: results, rows: results.flatMap((r) => r.rows.map((x) => ({ configuration: r.label, ...x }))) };
+        : { machine: machineInfo(), model: "stories3M (q8_0, f16, MHA copy), SmolLM2-135M-Instruct (F16, MHA copy)", removeFraction: remove, configurations: results, rows: results.flatMap((r) => r.rows.map((x) => ({ configuration: r.label, ...x }))) };
 
     if (args.suite) {
         const dir = resultsDir("perturbation");

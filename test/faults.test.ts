@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { WsErrorMessage, WsFinalMessage } from "../server/protocol/ws-messages.js";
-import { defaultModelPath, smokeModelPath } from "../server/engine/model-paths.js";
+import { testModelPath, smokeModelPath } from "../server/engine/model-paths.js";
 import { repoRoot } from "../scripts/lib/paths.js";
 import { loadConfig } from "../server/config/load-config.js";
 import { estimateMemory } from "../server/engine/memory-estimate.js";
@@ -273,7 +273,7 @@ describe("faults: the model file is deleted or corrupted while the server runs",
     let server: ServerHandle;
     const restore = () => {
         const tmp = `${modelFile}.restoring`;
-        fs.copyFileSync(defaultModelPath(), tmp);
+        fs.copyFileSync(testModelPath(), tmp);
         fs.renameSync(tmp, modelFile);
     };
     const killEngine = async () => {
@@ -300,7 +300,7 @@ describe("faults: the model file is deleted or corrupted while the server runs",
     beforeEach(async function () {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-faults-"));
         modelFile = path.join(dir, "model.gguf");
-        fs.copyFileSync(defaultModelPath(), modelFile);
+        fs.copyFileSync(testModelPath(), modelFile);
         server = await startServer({ args: ["--sequences", "1", "--model", modelFile] });
     });
     afterEach(async function () {
@@ -424,14 +424,14 @@ describe("faults: a context that cannot be allocated", function () {
         let server: ServerHandle;
         before(async function () {
             dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-switch-"));
-            fs.symlinkSync(defaultModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
+            fs.symlinkSync(testModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
             fs.symlinkSync(smokeModelPath(), path.join(dir, "stories260K.gguf"));
             // 64 sequences of the model's own context: stories3M (512 tokens) fits the limit, stories260K
             // (2048 tokens per sequence) does not, beside it
             server = await startServer({
                 bareArgs: true,
                 args: ["--threads", "1", "--log-level", "warn", "--models-dir", dir, "--model", "stories3M-q8_0.gguf",
-                    "--sequences", "64", "--policy", "keepkv", "--memory-limit", String(200 * 2 ** 20)]
+                    "--sequences", "64", "--policy", "keepkv", "--budget", "none", "--memory-limit", String(200 * 2 ** 20)]
             });
         });
         after(async function () {
@@ -460,12 +460,12 @@ describe("faults: a context that cannot be allocated", function () {
 
         it("the estimate it decides by matches the KV memory llama.cpp allocates", async function () {
             const kv = (await httpJson(`${server.url}/v1/kv`)).body;
-            const config = loadConfig(["--models-dir", dir, "--model", path.join(dir, "stories3M-q8_0.gguf"), "--sequences", "64", "--policy", "keepkv"], {}).config;
+            const config = loadConfig(["--models-dir", dir, "--model", path.join(dir, "stories3M-q8_0.gguf"), "--sequences", "64", "--policy", "keepkv", "--budget", "none"], {}).config;
             const estimate = await estimateMemory(engineSettingsFor(config, path.join(dir, "stories3M-q8_0.gguf"), 512));
             assert.equal(kv.kv_bytes_allocated, estimate!.kvBytes);
             // with a budget: the budget's cells per sequence
             const budgeted = loadConfig(["--sequences", "8", "--policy", "keepkv", "--budget", "64", "--batch-size", "16", "--context-size", "1024"], {}).config;
-            const small = await estimateMemory(engineSettingsFor(budgeted, defaultModelPath(), 512));
+            const small = await estimateMemory(engineSettingsFor(budgeted, testModelPath(), 512));
             assert.equal(small!.kvCells, 8 * 64);
         });
     });
@@ -476,7 +476,7 @@ describe("faults: a prompt beyond what the budget and the logical context allow"
     before(async function () {
         server = await startServer({
             bareArgs: true,
-            args: ["--threads", "1", "--log-level", "warn", "--sequences", "2", "--context-size", "512",
+            args: ["--model", testModelPath(), "--threads", "1", "--log-level", "warn", "--sequences", "2", "--context-size", "512",
                 "--policy", "keepkv", "--budget", "64", "--batch-size", "16"]
         });
     });
@@ -509,7 +509,7 @@ describe("faults: a prompt beyond what the budget and the logical context allow"
         // (and the memory estimate of a budgeted context is what llama.cpp allocated)
         const kv = (await httpJson(`${server.url}/v1/kv`)).body;
         const config = loadConfig(["--sequences", "2", "--context-size", "512", "--policy", "keepkv", "--budget", "64", "--batch-size", "16"], {}).config;
-        assert.equal(kv.kv_bytes_allocated, (await estimateMemory(engineSettingsFor(config, defaultModelPath(), 512)))!.kvBytes);
+        assert.equal(kv.kv_bytes_allocated, (await estimateMemory(engineSettingsFor(config, testModelPath(), 512)))!.kvBytes);
         assert.deepEqual([...bystander.schemaViolations, ...client.schemaViolations], []);
         await bystander.close();
         await client.close();

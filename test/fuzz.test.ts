@@ -13,7 +13,7 @@ import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import * as zlib from "node:zlib";
-import { defaultModelPath } from "../server/engine/model-paths.js";
+import { testModelPath } from "../server/engine/model-paths.js";
 import { errorCodes } from "../server/protocol/errors.js";
 import { validators } from "../server/protocol/schemas.js";
 import type { WsServerMessage } from "../server/protocol/ws-messages.js";
@@ -385,7 +385,7 @@ describe(`fuzzing the server (${totalCases} cases, seed ${seed})`, function () {
 
     before(async function () {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-fuzz-"));
-        fs.symlinkSync(defaultModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
+        fs.symlinkSync(testModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
         fs.writeFileSync(path.join(dir, "junk.gguf"), "junk");
         server = await startServer({
             args: ["--models-dir", dir, "--model", "stories3M-q8_0.gguf", "--sequences", "2", "--context-size", "512",

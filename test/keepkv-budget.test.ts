@@ -10,7 +10,7 @@ import {
     cellPositions, createKeepKvContext, KeepKvError, KeepKvOptions, keepKvContextStats, keepKvSequenceStats
 } from "../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
-import { corpusPath, defaultModelPath, requireFile } from "../server/engine/model-paths.js";
+import { corpusPath, testModelPath, requireFile } from "../server/engine/model-paths.js";
 import { rawDecodeMany } from "./helpers/raw-context.js";
 
 describe("KeepKV transparent budget", function () {
@@ -20,7 +20,7 @@ describe("KeepKV transparent budget", function () {
 
     before(async function () {
         llama = await loadPatchedLlama();
-        model = await llama.loadModel({ modelPath: requireFile(defaultModelPath(), "model", "KEEPKV_MODEL") });
+        model = await llama.loadModel({ modelPath: requireFile(testModelPath(), "model", "KEEPKV_TEST_MODEL") });
         tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-budget-"));
     });
 

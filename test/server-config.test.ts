@@ -4,9 +4,11 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { ConfigError, loadConfig } from "../server/config/load-config.js";
-import { envOf, flagOf, optionDecls, optionKeys } from "../server/config/options.js";
+import { envOf, flagOf, optionDecls, optionKeys, serverDefaultBudget } from "../server/config/options.js";
 import { helpText, optionsMarkdown } from "../server/config/options-doc.js";
+import { modelsCacheDir } from "../scripts/lib/models.js";
 import { repoRoot } from "../scripts/lib/paths.js";
+import { testModelPath } from "../server/engine/model-paths.js";
 import { serverEntry } from "./helpers/server-process.js";
 
 function throwsNaming(fn: () => unknown, option: string, pattern?: RegExp): void {
@@ -24,15 +26,23 @@ describe("server configuration", function () {
     beforeEach(() => { tmp = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-config-")); });
     afterEach(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-    it("has a default for every option, binds to loopback and serves stories3M by default", function () {
+    it("has a default for every option, binds to loopback and serves SmolLM2 with KeepKV at a budget by default", function () {
         const { config, sources } = loadConfig([], {});
         for (const key of optionKeys)
             assert.equal(sources[key], "default");
         assert.equal(config.host, "127.0.0.1");
         assert.equal(config.port, 8080);
-        assert.match(config.model, /stories3M-q8_0\.gguf$/);
-        assert.equal(config.policy, "off");
+        assert.equal(config.model, path.join(modelsCacheDir(), "SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert.equal(config.policy, "keepkv");
+        assert.equal(config.budget, serverDefaultBudget);
+        assert.equal(config.contextSize, 0, "the model's training context: 8192 for SmolLM2");
         assert.equal(config.apiKey, null);
+    });
+
+    it("--policy off alone turns the default budget off too; a budget given with it is still an error", function () {
+        assert.equal(loadConfig(["--policy", "off"], {}).config.budget, null);
+        assert.equal(loadConfig([], { KEEPKV_POLICY: "off" }).config.budget, null);
+        assert.equal(loadConfig(["--policy", "off", "--budget", "0.5"], {}).config.budget, 0.5);
     });
 
     it("takes the command line over the environment over the config file", function () {
@@ -81,7 +91,7 @@ describe("server configuration", function () {
         assert.equal(port.status, 2);
         assert.match(port.stderr, /--port/);
         // a budget needs a policy: checked against the model before anything loads
-        const budget = run(["--budget", "64", "--policy", "off"]);
+        const budget = run(["--model", testModelPath(), "--budget", "64", "--policy", "off"]);
         assert.equal(budget.status, 2);
         assert.match(budget.stderr, /--budget/);
         const model = run(["--model", path.join(tmp, "missing.gguf")]);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { defaultModelPath, smokeModelPath } from "../server/engine/model-paths.js";
+import { testModelPath, smokeModelPath } from "../server/engine/model-paths.js";
 import { inspectModelFile } from "../server/models/gguf-inspect.js";
 import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient } from "./helpers/ws-client.js";
@@ -16,10 +16,10 @@ describe("model drop-in", function () {
 
     before(async function () {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-models-"));
-        fs.symlinkSync(defaultModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
+        fs.symlinkSync(testModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
         fs.symlinkSync(smokeModelPath(), path.join(dir, "stories260K.gguf"));
         // a download cut in the middle: the header is intact, the tensor data is not
-        const full = fs.readFileSync(defaultModelPath());
+        const full = fs.readFileSync(testModelPath());
         fs.writeFileSync(path.join(dir, "truncated.gguf"), full.subarray(0, Math.floor(full.length / 2)));
         // cut inside the header
         fs.writeFileSync(path.join(dir, "header-cut.gguf"), full.subarray(0, 5000));
@@ -66,7 +66,7 @@ describe("model drop-in", function () {
         assert.equal(main.architecture, "llama");
         assert.equal(main.context_length, 512);
         assert.equal(main.keepkv_supported, true);
-        assert.equal(main.size_bytes, fs.statSync(defaultModelPath()).size);
+        assert.equal(main.size_bytes, fs.statSync(testModelPath()).size);
         assert.equal(list.get("stories260K.gguf")!.valid, true);
         assert.equal(list.get("stories260K.gguf")!.loaded, false);
         assert.equal(list.get("truncated.gguf")!.valid, false);
@@ -118,7 +118,7 @@ describe("model drop-in", function () {
     });
 
     it("inspects model files without loading them", async function () {
-        const info = await inspectModelFile(defaultModelPath());
+        const info = await inspectModelFile(testModelPath());
         assert.equal(info.valid, true);
         assert.equal(info.hasChatTemplate, false);
         assert.ok(info.parameters != null && info.parameters > 3e6 && info.parameters < 5e6);

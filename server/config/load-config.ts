@@ -175,6 +175,10 @@ export function loadConfig(argv: readonly string[], env: NodeJS.ProcessEnv = pro
         sources[key] = "cli";
     }
 
+    // the default budget belongs to the default policy: `--policy off` alone means no compression at all
+    if (merged.policy === "off" && sources.budget === "default")
+        merged.budget = null;
+
     if (!validateConfig(merged)) {
         const { key, message } = explain(validateConfig.errors![0]!);
         if (!(key in optionDecls))

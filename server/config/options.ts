@@ -93,6 +93,12 @@ export type OptionDecl<T> = {
     secret?: boolean
 };
 
+/**
+ * The budget a new user gets: a quarter of the logical context, the smallest fraction whose 8k perplexity
+ * on SmolLM2-135M-Instruct stays within 1% of the full cache (README, Benchmarks: bench:quality).
+ */
+export const serverDefaultBudget = 0.25;
+
 const seconds = (doc: string) => `${doc} Seconds.`;
 const capitalize = (doc: string) => doc.charAt(0).toUpperCase() + doc.slice(1);
 
@@ -115,7 +121,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     model: {
         group: "model", schema: { type: "string", minLength: 1 }, default: () => defaultModelPath(),
-        defaultDoc: "`../shared/models/stories3M-q8_0.gguf`",
+        defaultDoc: "SmolLM2-135M-Instruct (`~/.cache/keepkv/models/SmolLM2-135M-Instruct.Q4_1.gguf`, fetched by `npm run model:pull`)",
         doc: "GGUF model loaded at startup: a path, or a file name inside the models directory."
     },
     modelsDir: {
@@ -125,7 +131,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     contextSize: {
         group: "model", schema: { type: "integer", minimum: 0 }, default: 0,
-        defaultDoc: "0 (the model's training context, at most 4096)",
+        defaultDoc: "0 (the model's training context, at most 8192)",
         doc: "Logical context of each sequence, in tokens (prompt plus generated tokens)."
     },
     sequences: {
@@ -166,8 +172,8 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     // the KeepKV options: documented once in keepkv.ts, validated again there against the context size
     policy: {
-        group: "keepkv", schema: { type: "string", enum: keepKvPolicies }, default: "off",
-        doc: `KV-cache compression policy of every sequence: ${keepKvOptionDocs.policy.doc} The server defaults to off: a policy compresses only with a budget.`
+        group: "keepkv", schema: { type: "string", enum: keepKvPolicies }, default: keepKvDefaults.policy,
+        doc: `KV-cache compression policy of every sequence: ${keepKvOptionDocs.policy.doc}`
     },
     variant: {
         group: "keepkv", schema: { type: "string", enum: keepKvVariants }, default: keepKvDefaults.variant,
@@ -178,9 +184,9 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         doc: capitalize(keepKvOptionDocs.selection.doc)
     },
     budget: {
-        group: "keepkv", schema: { type: ["number", "null"], exclusiveMinimum: 0 }, default: keepKvDefaults.budget,
-        defaultDoc: "none",
-        doc: `${keepKvOptionDocs.budget.doc} \`none\`: no automatic compression.`
+        group: "keepkv", schema: { type: ["number", "null"], exclusiveMinimum: 0 }, default: serverDefaultBudget,
+        defaultDoc: `${serverDefaultBudget} (none with policy off)`,
+        doc: `${keepKvOptionDocs.budget.doc} \`none\`: no automatic compression. The default budget applies only to a compressing policy: with \`--policy off\` and no budget given, there is none.`
     },
     sinks: {
         group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.sinks,

@@ -1,5 +1,6 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { cachedModelPath, defaultChatModelName } from "../../scripts/lib/models.js";
 import { repoRoot } from "../../scripts/lib/paths.js";
 
 export class ModelPathError extends Error {
@@ -13,9 +14,17 @@ export class ModelPathError extends Error {
 /** ../shared beside the repository: where the project's test models and corpus live. */
 export const sharedDir = path.resolve(process.env.KEEPKV_SHARED_DIR ?? path.join(repoRoot, "..", "shared"));
 
-/** The default model: stories3M from ../shared, or KEEPKV_MODEL. */
+/**
+ * The model the server serves by default: SmolLM2-135M-Instruct, as `npm run model:pull` caches it (the
+ * server's `--model` / KEEPKV_MODEL choose another).
+ */
 export function defaultModelPath(): string {
-    return path.resolve(process.env.KEEPKV_MODEL ?? path.join(sharedDir, "models", "stories3M-q8_0.gguf"));
+    return cachedModelPath(defaultChatModelName);
+}
+
+/** stories3M from ../shared (or KEEPKV_TEST_MODEL): the fast model of the core tests and of their servers. */
+export function testModelPath(): string {
+    return path.resolve(process.env.KEEPKV_TEST_MODEL ?? path.join(sharedDir, "models", "stories3M-q8_0.gguf"));
 }
 
 /** The tiny smoke-test model. */

@@ -3,7 +3,7 @@ import type { ServerConfig } from "../config/options.js";
 import type { EngineModelSettings } from "../engine/ipc.js";
 
 /** contextSize 0 means the model's training context, capped here to keep memory modest */
-export const autoContextCap = 4096;
+export const autoContextCap = 8192;
 
 export function effectiveContextSize(config: Pick<ServerConfig, "contextSize">, trainContext: number | null): number {
     if (config.contextSize > 0)

@@ -4,11 +4,11 @@
 import * as fs from "node:fs";
 import { createKeepKvContext, setVote } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../../server/engine/llama-loader.js";
-import { corpusPath, defaultModelPath } from "../../server/engine/model-paths.js";
+import { corpusPath, testModelPath } from "../../server/engine/model-paths.js";
 import { rawDecodeMany } from "./raw-context.js";
 
 const llama = await loadPatchedLlama();
-const model = await llama.loadModel({ modelPath: process.env.KKV_PROBE_MODEL ?? defaultModelPath() });
+const model = await llama.loadModel({ modelPath: process.env.KKV_PROBE_MODEL ?? testModelPath() });
 const text = fs.readFileSync(corpusPath(), "utf8");
 const prompts = text.split("\n").filter((l) => model.tokenize(l).length >= 40).map((l) => model.tokenize(l).slice(0, 40));
 const context = await createKeepKvContext(model, {
