@@ -44,7 +44,7 @@ ENV NODE_ENV=production \
     KEEPKV_HOST=0.0.0.0 \
     KEEPKV_PORT=8080 \
     KEEPKV_MODELS_DIR=/models \
-    KEEPKV_MODEL=stories3M-q8_0.gguf \
+    KEEPKV_MODEL=SmolLM2-135M-Instruct.Q4_1.gguf \
     KEEPKV_BUILD_CACHE=/var/cache/keepkv
 EXPOSE 8080
 VOLUME ["/models"]

@@ -1,6 +1,6 @@
 // npm run bench:speed -- [--json] [--model PATH] [--contexts 1024,4096,8192] [--repeats 3] [--threads 1]
 //                         [--batch-context 1024] [--batch-full-sequences 2] [--budget 0.1] [--chunk FRACTION]
-//                         [--experiments decode,batch,prefill,overhead] [--overhead-pairs 15]
+//                         [--experiments decode,batch,prefill,overhead] [--overhead-pairs 15] [--out speed]
 //
 // (a) decode tokens/s at long logical contexts, for node-llama-cpp's vanilla prebuilt binary, the patched build
 //     with KeepKV off, and keepkv at a 10% budget;
@@ -17,7 +17,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { withLock } from "lifecycle-utils";
 import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
-import { createKeepKvContext, KeepKvOptions, keepKvContextStats } from "../server/engine/keepkv.js";
+import { createKeepKvContext, KeepKvOptions, keepKvContextStats, type KeepKvSelection } from "../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
@@ -65,7 +65,7 @@ async function decodeSteps(context: LlamaContext, seqs: number[], text: Token[],
 // vanilla: node-llama-cpp's prebuilt binary; local: the same sources without our patches, built here like the
 // patched build (same compiler, flags and ggml): off against local is the patches' own overhead
 type Engine = "vanilla" | "local" | "patched";
-type Setup = { name: string, engine: Engine, policy: "off" | "keepkv", budget: number | null };
+type Setup = { name: string, engine: Engine, policy: "off" | "keepkv", budget: number | null, selection?: KeepKvSelection };
 
 export type SpeedRow = {
     experiment: string, policy: string, budget: number | null, contextTokens: number, sequences: number,
@@ -93,7 +93,8 @@ async function main(): Promise<void> {
         "batch-context": { type: "number", default: 1024 },
         "batch-full-sequences": { type: "number", default: 2 },
         "prefill-tokens": { type: "number", default: 4096 },
-        "overhead-pairs": { type: "number", default: 15 }
+        "overhead-pairs": { type: "number", default: 15 },
+        out: { type: "string", default: "speed" }
     });
     const modelPath = resolveModel(String(args.model));
     const text = fs.readFileSync(resolveCorpus(String(args.corpus)), "utf8");
@@ -128,7 +129,7 @@ async function main(): Promise<void> {
         if (s.engine !== "patched")
             return await models[s.engine].createContext(options);
         const chunk = chunkFraction > 0 && budgetCells != null ? Math.max(1, Math.round(chunkFraction * budgetCells)) : undefined;
-        const keepKv: KeepKvOptions = s.policy === "off" ? { policy: "off" } : { policy: "keepkv", budget: budgetCells, recent: 32, ...(chunk != null ? { chunk } : {}) };
+        const keepKv: KeepKvOptions = s.policy === "off" ? { policy: "off" } : { policy: "keepkv", budget: budgetCells, recent: 32, ...(chunk != null ? { chunk } : {}), ...(s.selection != null ? { selection: s.selection } : {}) };
         return await createKeepKvContext(models.patched, { ...options, keepKv });
     }
 
@@ -280,7 +281,9 @@ async function main(): Promise<void> {
         const overheadSetups: Setup[] = [
             setups.find((s) => s.name === "vanilla-local")!,
             setups.find((s) => s.name === "off")!,
-            { name: "keepkv (no budget)", engine: "patched", policy: "keepkv", budget: null }
+            { name: "keepkv (no budget)", engine: "patched", policy: "keepkv", budget: null },
+            // oldest-first selection tracks no attention scores: what is left is the vote bias and the query update
+            { name: "keepkv recency (no budget)", engine: "patched", policy: "keepkv", budget: null, selection: "recency" }
         ];
         const tps = new Map<string, number[]>();
         const ratios = new Map<string, number[]>();
@@ -339,7 +342,7 @@ async function main(): Promise<void> {
         { title: "ms per compression", value: (r: SpeedRow) => r.msPerCompression?.toFixed(2) ?? "" },
         { title: "compression ms per token", value: (r: SpeedRow) => r.msCompressionPerToken?.toFixed(3) ?? "" }
     ];
-    const dir = resultsDir("speed");
+    const dir = resultsDir(String(args.out));
     fs.writeFileSync(path.join(dir, "speed.json"), JSON.stringify(out, null, 2) + "\n");
     fs.writeFileSync(path.join(dir, "speed.md"), `${out.note}\n\n${out.machine.cpu}, ${out.machine.cores} cores, ${threads} thread(s).\n\n` + markdownTable(rows, columns));
     const svg = lineChartSvg({
