@@ -13,7 +13,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import WebSocket from "ws";
-import { corpusPath } from "../server/engine/model-paths.js";
+import { corpusPath, testModelPath } from "../server/engine/model-paths.js";
 import { repoRoot } from "./lib/paths.js";
 
 // ---------------------------------------------------------------- options
@@ -33,6 +33,7 @@ export type LoadTestOptions = {
     url: string | null,
     apiKey: string | null,
     /** server options for the server the load test starts */
+    model: string,
     sequences: number,
     contextSize: number,
     policy: string,
@@ -54,6 +55,8 @@ export const loadTestDefaults: LoadTestOptions = {
     httpShare: 0.25,
     url: null,
     apiKey: null,
+    // stories3M: the load test measures the server under load, not the model; its prompts are TinyStories
+    model: testModelPath(),
     sequences: 8,
     contextSize: 1024,
     policy: "keepkv",
@@ -75,8 +78,8 @@ const usage = `Usage: npm run -s loadtest -- [options]
   --http-share F     share of clients on the OpenAI HTTP API (default 0.25)
   --url URL          drive a running server (loopback only) instead of starting one
   --api-key KEY      its bearer token
-  --sequences N, --context-size N, --policy P, --budget B, --batch-size N, --threads N, --max-tokens N
-                     options of the server it starts (defaults 8, 1024, keepkv, 64, 16, 1, 160)
+  --model PATH, --sequences N, --context-size N, --policy P, --budget B, --batch-size N, --threads N, --max-tokens N
+                     options of the server it starts (defaults stories3M, 8, 1024, keepkv, 64, 16, 1, 160)
   --server-arg ARG   one more argument for that server (repeatable)
 `;
 
@@ -101,6 +104,7 @@ export function parseLoadTestArgs(argv: readonly string[]): LoadTestOptions {
             case "--http-share": opts.httpShare = Math.min(1, num(arg, next(), 0)); break;
             case "--url": opts.url = next() ?? null; break;
             case "--api-key": opts.apiKey = next() ?? null; break;
+            case "--model": opts.model = next() ?? opts.model; break;
             case "--sequences": opts.sequences = Math.floor(num(arg, next(), 1)); break;
             case "--context-size": opts.contextSize = Math.floor(num(arg, next(), 64)); break;
             case "--policy": opts.policy = next() ?? "keepkv"; break;
@@ -578,7 +582,7 @@ type ServerUnderTest = {
 
 async function startOwnServer(opts: LoadTestOptions): Promise<ServerUnderTest> {
     const args = [
-        path.join(repoRoot, "dist", "server", "main.js"), "--host", "127.0.0.1", "--port", "0",
+        path.join(repoRoot, "dist", "server", "main.js"), "--host", "127.0.0.1", "--port", "0", "--model", opts.model,
         "--threads", String(opts.threads), "--sequences", String(opts.sequences), "--context-size", String(opts.contextSize),
         "--policy", opts.policy, "--budget", opts.budget, "--batch-size", String(opts.batchSize),
         "--max-tokens", String(opts.maxTokens), "--max-queue", String(Math.max(64, opts.clients * 4)), "--queue-timeout", "300",
