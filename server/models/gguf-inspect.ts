@@ -106,7 +106,7 @@ export async function inspectModelFile(file: string): Promise<ModelInspection> {
         return invalid(base, `invalid GGUF header (truncated or corrupt): the header needs ${headerBytes} bytes, the file has ${stat.size}`);
     const general = info.metadata?.general;
     const architecture = typeof general?.architecture === "string" ? general.architecture : null;
-    const archMeta = info.architectureMetadata as { context_length?: number } | undefined;
+    const archMeta = info.architectureMetadata as { context_length?: number, attention?: { sliding_window?: number } } | undefined;
     const withMeta = {
         ...base,
         architecture,
@@ -133,12 +133,20 @@ export async function inspectModelFile(file: string): Promise<ModelInspection> {
     if (end > stat.size)
         return invalid(withMeta, `truncated: the tensors need ${end} bytes, the file has ${stat.size}`);
 
+    // a GGUF that sets {arch}.attention.sliding_window (gemma2/3, cohere2, olmo2...) makes llama.cpp keep only
+    // the last window in its sliding-window layers' cache, and the patched llama.cpp refuses KeepKV there; said
+    // here so that the server refuses up front (exit code 2, or a refused switch) instead of failing in the engine
+    const slidingWindow = archMeta?.attention?.sliding_window;
+    const swa = typeof slidingWindow === "number" && slidingWindow > 0;
     const noKv = noKvCacheArchitectures.has(architecture);
     return {
         ...withMeta,
         valid: true,
         error: null,
-        keepKvSupported: !noKv,
-        keepKvReason: noKv ? `"${architecture}" has no attention KV cache to compress` : null
+        keepKvSupported: !noKv && !swa,
+        keepKvReason: noKv ? `"${architecture}" has no attention KV cache to compress`
+            : swa ? `"${architecture}" uses sliding-window attention (a ${slidingWindow}-token window), which KeepKV does not support ` +
+                "(it compresses a full attention cache); serve it with --policy off"
+                : null
     };
 }
