@@ -1,7 +1,7 @@
 // npm run bench:perturbation -- [--json] [--model PATH] [--mha] [--flash-attention on|off]
 //                               [--cache-type f16|q8_0|q4_0] [--cache-type-k T] [--cache-type-v T]
 //                               [--threshold T] [--tokens N] [--remove FRACTION]
-//                               [--suite]
+//                               [--suite] [--threads N]
 //
 // Evaluates a prompt from the corpus, records the logits of its last token, removes the same cells with
 // every policy, recomputes the last token on the compressed cache and prints how far its logits moved, beside
@@ -28,7 +28,7 @@ type Config = {
 };
 type ConfigResult = Config & { label: string, promptTokens: number, floor: PerturbationMeasurement["floor"], rows: PerturbationMeasurement["results"] };
 
-async function runConfig(llama: Llama, c: Config, text: string, tokenCount: number, remove: number): Promise<ConfigResult> {
+async function runConfig(llama: Llama, c: Config, text: string, tokenCount: number, remove: number, threads: number): Promise<ConfigResult> {
     let loadPath = c.model;
     let tmp: string | null = null;
     if (c.mha) {
@@ -41,7 +41,7 @@ async function runConfig(llama: Llama, c: Config, text: string, tokenCount: numb
         const tokens = promptTokens(model, text, tokenCount);
         const m = await measurePerturbation({
             model, tokens, removeFraction: remove, flashAttention: c.flashAttention, cacheType: c.cacheType,
-            cacheTypeK: c.cacheTypeK, cacheTypeV: c.cacheTypeV, threshold: c.threshold
+            cacheTypeK: c.cacheTypeK, cacheTypeV: c.cacheTypeV, threshold: c.threshold, ...(threads > 0 ? { threads } : {})
         });
         const label = `${path.basename(c.model, ".gguf")}${c.mha ? " (MHA copy)" : ""}, flash attention ${c.flashAttention ? "on" : "off"}, ` +
             `${cacheLabel(c)} cache, T ${c.threshold}`;
@@ -109,7 +109,9 @@ async function main(): Promise<void> {
         threshold: { type: "number", default: 0.8 },
         tokens: { type: "number", default: 300 },
         remove: { type: "number", default: 0.25 },
-        suite: { type: "boolean", default: false }
+        suite: { type: "boolean", default: false },
+        // 0: node-llama-cpp's default (all cores)
+        threads: { type: "number", default: 0 }
     });
     const text = fs.readFileSync(resolveCorpus(String(args.corpus)), "utf8");
     const tokenCount = Number(args.tokens);
@@ -149,7 +151,7 @@ async function main(): Promise<void> {
     for (const [i, c] of configs.entries()) {
         if (configs.length > 1)
             progress(`${i + 1}/${configs.length} ${path.basename(c.model)}${c.mha ? " MHA" : ""} fa=${c.flashAttention} ${c.cacheType} T=${c.threshold}`);
-        results.push(await runConfig(llama, c, text, tokenCount, remove));
+        results.push(await runConfig(llama, c, text, tokenCount, remove, Number(args.threads)));
     }
     await llama.dispose();
 
