@@ -9,7 +9,7 @@
 // with the full cache: over N prompts from the corpus, the fraction of the first `generate` tokens identical
 // to what the full cache generates. Long prompts (--prompt-tokens beyond the budget) make the greedy agreement
 // measure generation from a compressed cache. --configs compact keeps one row per policy and selection
-// (the 8k runs); budgets runs only the full cache and keepkv (for choosing a default budget). --out names
+// (the 8k runs); budgets runs only the full cache and keepkv with the server's settings (for choosing its default budget). --out names
 // the folder under results/.
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -102,7 +102,7 @@ async function main(): Promise<void> {
             ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as Choice[],
         compact: [["window", null, "policy"], ["evict", null, "policy"], ["merge-naive", null, "policy"], ["keepkv", "key", "policy"],
             ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as Choice[],
-        budgets: [["keepkv", "key", "policy"], ["keepkv", "key", "recency"]] as Choice[]
+        budgets: [["keepkv", "key", "policy"]] as Choice[]
     }[String(args.configs) as "all" | "compact" | "budgets"];
     const configs: Config[] = [{ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "f16", label: "full cache f16" }];
     for (const budget of budgets) {
