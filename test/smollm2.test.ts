@@ -119,12 +119,13 @@ describe("SmolLM2-135M-Instruct, the default chat model", function () {
             this.timeout(1_800_000);
             const text = fs.readFileSync(ensureKjvText(), "utf8");
             // four passages from far apart in the text, each about 7,500 tokens, continued greedily
-            const prompts = [0, 1, 2, 3].map((i) => text.slice(200_000 + i * 900_000, 200_000 + i * 900_000 + 29_000));
-            const args = smolArgs("--sequences", "4", "--policy", "keepkv", "--budget", "0.1");
+            const prompts = [0, 1, 2, 3].map((i) => text.slice(200_000 + i * 900_000, 200_000 + i * 900_000 + 30_000));
+            // two threads: 60,000 prompt tokens in all, and nothing else runs beside the suite
+            const args = smolArgs("--sequences", "4", "--policy", "keepkv", "--budget", "0.1", "--threads", "2");
             const generate = async (server: ServerHandle, client: WsTestClient, prompt: string) => {
                 const run = client.chat({ prompt, max_tokens: 24, temperature: 0 });
                 const final = assertFinal(await run.done);
-                assert.ok(final.usage.prompt_tokens > 7000 && final.usage.prompt_tokens < 8192 - 24, `${final.usage.prompt_tokens} prompt tokens`);
+                assert.ok(final.usage.prompt_tokens > 6500 && final.usage.prompt_tokens < 8192 - 24, `${final.usage.prompt_tokens} prompt tokens`);
                 assert.equal(final.usage.cached_tokens, 0, "each prompt is evaluated from scratch");
                 assert.ok(final.kv!.compressions > 0 && final.kv!.cells_used <= final.kv!.budget!, JSON.stringify(final.kv));
                 return run.text();
