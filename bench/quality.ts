@@ -102,7 +102,7 @@ async function main(): Promise<void> {
             ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as Choice[],
         compact: [["window", null, "policy"], ["evict", null, "policy"], ["merge-naive", null, "policy"], ["keepkv", "key", "policy"],
             ["merge-naive", null, "recency"], ["keepkv", "key", "recency"]] as Choice[],
-        budgets: [["keepkv", "key", "policy"]] as Choice[]
+        budgets: [["keepkv", "key", "recency"]] as Choice[]
     }[String(args.configs) as "all" | "compact" | "budgets"];
     const configs: Config[] = [{ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "f16", label: "full cache f16" }];
     for (const budget of budgets) {

@@ -94,10 +94,11 @@ export type OptionDecl<T> = {
 };
 
 /**
- * The budget a new user gets: a quarter of the logical context, the smallest fraction whose 8k perplexity
- * on SmolLM2-135M-Instruct stays within 1% of the full cache (README, Benchmarks: bench:quality).
+ * The budget a new user gets: half the logical context, the smallest fraction measured (0.1, 0.2, 0.3, 0.5)
+ * whose 8k perplexity on SmolLM2-135M-Instruct stays within 1% of the full cache (+0.6%; 0.3 is at +1.4%;
+ * README, Benchmarks: bench:quality --configs budgets).
  */
-export const serverDefaultBudget = 0.25;
+export const serverDefaultBudget = 0.5;
 
 const seconds = (doc: string) => `${doc} Seconds.`;
 const capitalize = (doc: string) => doc.charAt(0).toUpperCase() + doc.slice(1);
@@ -180,8 +181,8 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         doc: keepKvOptionDocs.variant.doc
     },
     selection: {
-        group: "keepkv", schema: { type: "string", enum: keepKvSelections }, default: keepKvDefaults.selection,
-        doc: capitalize(keepKvOptionDocs.selection.doc)
+        group: "keepkv", schema: { type: "string", enum: keepKvSelections }, default: "recency",
+        doc: `${capitalize(keepKvOptionDocs.selection.doc)} The server defaults to recency, the measured best: on SmolLM2 at 8k tokens as good as the scores at 20% and better at 10%, and it tracks no scores, which costs decode speed (README, Benchmarks).`
     },
     budget: {
         group: "keepkv", schema: { type: ["number", "null"], exclusiveMinimum: 0 }, default: serverDefaultBudget,
