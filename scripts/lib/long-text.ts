@@ -7,8 +7,8 @@
 // into the cache beside the models. The same package version gives the same file, byte for byte.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
+import { keepkvCacheDir } from "./cache-dir.js";
 
 export class LongTextError extends Error {
     readonly code = "LONG_TEXT_UNAVAILABLE";
@@ -20,12 +20,7 @@ export class LongTextError extends Error {
 
 /** Where generated texts are kept: KEEPKV_CORPUS_CACHE, else the keepkv cache folder. */
 export function corpusCacheDir(): string {
-    const fromEnv = process.env.KEEPKV_CORPUS_CACHE;
-    if (fromEnv != null && fromEnv !== "")
-        return path.resolve(fromEnv);
-    const xdg = process.env.XDG_CACHE_HOME;
-    const base = xdg != null && xdg !== "" ? xdg : path.join(os.homedir(), ".cache");
-    return path.join(base, "keepkv", "corpus");
+    return keepkvCacheDir("corpus", "KEEPKV_CORPUS_CACHE");
 }
 
 export const kjvFileName = "kjv.txt";

