@@ -94,10 +94,11 @@ export class WsTestClient {
         return this.next<WsErrorMessage>((m) => m.type === "error" && m.id === id);
     }
 
-    chat(params: Omit<WsChatMessage, "type" | "id"> & { id?: string }, opts: { onDelta?: (d: WsDeltaMessage) => void } = {}): ChatRun {
+    /** `timeoutMs`: how long start and final may take (default 120 s; long prompts on a small machine take more) */
+    chat(params: Omit<WsChatMessage, "type" | "id"> & { id?: string }, opts: { onDelta?: (d: WsDeltaMessage) => void, timeoutMs?: number } = {}): ChatRun {
         const id = params.id ?? `r${++nextRequest}`;
         const deltas: WsDeltaMessage[] = [];
-        const start = this.next<WsStartMessage | WsErrorMessage>((m) => (m.type === "start" || m.type === "error") && m.id === id)
+        const start = this.next<WsStartMessage | WsErrorMessage>((m) => (m.type === "start" || m.type === "error") && m.id === id, opts.timeoutMs)
             .then((m) => {
                 if (m.type === "error")
                     throw Object.assign(new Error(`${m.code}: ${m.message}`), { wsError: m });
@@ -112,7 +113,7 @@ export class WsTestClient {
             }
         };
         this.ws.on("message", onMessage);
-        const done = this.next<WsFinalMessage | WsErrorMessage>((m) => (m.type === "final" || m.type === "error") && m.id === id)
+        const done = this.next<WsFinalMessage | WsErrorMessage>((m) => (m.type === "final" || m.type === "error") && m.id === id, opts.timeoutMs)
             .finally(() => this.ws.off("message", onMessage));
         this.send({ type: "chat", id, ...params });
         return { id, start, deltas, done, text: () => deltas.map((d) => d.text).join("") };
