@@ -4,10 +4,10 @@
 // It belongs back in test/smollm2.test.ts once the cause is found and fixed.
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
-import { defaultModelPath, requireFile } from "../server/engine/model-paths.js";
 import type { WsErrorMessage, WsFinalMessage } from "../server/protocol/ws-messages.js";
 import { ensureKjvText } from "../scripts/lib/long-text.js";
 import { startServer, type ServerHandle } from "./helpers/server-process.js";
+import { smolArgs } from "./helpers/smollm2.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 function assertFinal(message: WsFinalMessage | WsErrorMessage): WsFinalMessage {
@@ -15,8 +15,6 @@ function assertFinal(message: WsFinalMessage | WsErrorMessage): WsFinalMessage {
     return message as WsFinalMessage;
 }
 
-const smolArgs = (...extra: string[]) => ["--model", requireFile(defaultModelPath(), "SmolLM2-135M-Instruct", "KEEPKV_MODEL (or run npm run model:pull)"),
-    "--context-size", "8192", "--batch-size", "512", "--threads", "1", "--log-level", "warn", ...extra];
 
 describe("SmolLM2-135M-Instruct, concurrent long sequences (open defect)", function () {
     describe("4 concurrent sequences of 8k tokens under budgets", function () {

@@ -5,10 +5,10 @@
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import OpenAI from "openai";
-import { defaultModelPath, requireFile } from "../server/engine/model-paths.js";
 import type { WsErrorMessage, WsFinalMessage } from "../server/protocol/ws-messages.js";
 import { ensureKjvText } from "../scripts/lib/long-text.js";
 import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
+import { smolArgs } from "./helpers/smollm2.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 function assertFinal(message: WsFinalMessage | WsErrorMessage): WsFinalMessage {
@@ -16,8 +16,6 @@ function assertFinal(message: WsFinalMessage | WsErrorMessage): WsFinalMessage {
     return message as WsFinalMessage;
 }
 
-const smolArgs = (...extra: string[]) => ["--model", requireFile(defaultModelPath(), "SmolLM2-135M-Instruct", "KEEPKV_MODEL (or run npm run model:pull)"),
-    "--context-size", "8192", "--batch-size", "512", "--threads", "1", "--log-level", "warn", ...extra];
 
 const question = [{ role: "system" as const, content: "You are a helpful assistant." }, { role: "user" as const, content: "What is the capital of France?" }];
 
