@@ -1,7 +1,7 @@
 // The web dashboard in real headless Chromium against a real server (stories3M, KeepKV on with a budget
 // so that the KV charts carry real data): the page loads offline, a message streams a reply, a follow-up
 // reuses the conversation's cache, the stop button cancels, the KV charts show non-zero data. Saves
-// docs/screenshots/dashboard.png.
+// docs/screenshots/dashboard.png. Last, the page chats with the default model (SmolLM2) through its chat template.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import * as path from "node:path";
@@ -9,6 +9,7 @@ import type { Locator, Page } from "playwright-core";
 import { repoRoot } from "../scripts/lib/paths.js";
 import { openBrowser, saveScreenshot, type BrowserHandle } from "./helpers/browser.js";
 import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
+import { smolArgs } from "./helpers/smollm2.js";
 
 const budget = 64;
 const batch = 16;
@@ -238,5 +239,38 @@ describe("dashboard with an API key", function () {
         assert.ok(["stop", "length"].includes(await finished(page, bubble)));
         // the KV poller sends the key too
         await page.locator("#sequences tbody tr").first().waitFor();
+    });
+});
+
+describe("dashboard chatting with SmolLM2-135M-Instruct (the default model, KeepKV at the default budget)", function () {
+    let server: ServerHandle;
+    let browser: BrowserHandle;
+
+    before(async function () {
+        server = await startServer({ bareArgs: true, args: smolArgs("--sequences", "1") });
+        browser = await openBrowser({ width: 1100, height: 800 });
+    });
+    after(async function () {
+        await browser?.close();
+        await server?.stop();
+    });
+
+    it("a question gets the model's answer through its chat template, ended at its end-of-turn token; the next turn is cached", async function () {
+        const { page } = browser;
+        await page.goto(server.url);
+        await page.locator('#connection[data-state="open"]').waitFor();
+        await page.locator("#settings dd").first().waitFor();
+        assert.match(await page.textContent("#settings") ?? "", /SmolLM2-135M-Instruct/);
+        const bubble = await sendAndWait(page, "What is the capital of France?", { maxTokens: 48, temperature: 0 });
+        assert.equal(await finished(page, bubble), "stop");
+        const text = await bubble.locator(".msg-text").textContent() ?? "";
+        assert.match(text, /Paris/);
+        assert.doesNotMatch(text, /<\|im_end\|>|<\|im_start\|>/);
+        const next = await sendAndWait(page, "And of Italy?", { maxTokens: 48, temperature: 0 });
+        assert.equal(await finished(page, next), "stop");
+        const meta = await next.locator(".msg-meta").textContent() ?? "";
+        const cached = /(\d+) of (\d+) prompt tokens cached/.exec(meta);
+        assert.ok(cached != null && Number(cached[1]) > 0, meta);
+        assert.deepEqual(browser.problems, []);
     });
 });

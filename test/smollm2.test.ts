@@ -1,14 +1,20 @@
 // The real chat model the server serves by default (SmolLM2-135M-Instruct, Q4_1, 8192 positions), through
 // the real server: its chat template, its end-of-turn token, a conversation cache reused across turns under a
-// 10% budget (concurrent long sequences: test/smollm2-concurrent.check.ts, an open defect). The fast tests use stories3M; these are the few
-// that only a real chat model at real context lengths can answer.
+// 10% budget, and four compressing sequences of an 8k context that share every batch without touching each
+// other. The fast tests use stories3M; these are the few that only a real chat model at real context lengths
+// can answer.
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import OpenAI from "openai";
+import type { Llama, LlamaModel, Token } from "node-llama-cpp";
+import { argmax } from "../bench/lib/scoring.js";
+import { createKeepKvContext, keepKvContextStats } from "../server/engine/keepkv.js";
+import { loadPatchedLlama } from "../server/engine/llama-loader.js";
 import type { WsErrorMessage, WsFinalMessage } from "../server/protocol/ws-messages.js";
 import { ensureKjvText } from "../scripts/lib/long-text.js";
 import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
-import { smolArgs } from "./helpers/smollm2.js";
+import { smolArgs, smolModelPath } from "./helpers/smollm2.js";
+import { maxAbsDiff, rawDecodeMany } from "./helpers/raw-context.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 function assertFinal(message: WsFinalMessage | WsErrorMessage): WsFinalMessage {
@@ -109,6 +115,86 @@ describe("SmolLM2-135M-Instruct, the default chat model", function () {
             const kv = (await httpJson(`${server.url}/v1/kv`)).body as { compressions: number, merges: number };
             assert.ok(kv.compressions > 0 && kv.merges > 0, JSON.stringify(kv));
             await client.close();
+        });
+    });
+
+    describe("4 sequences of an 8k context under 10% budgets, in the same batches", function () {
+        let llama: Llama;
+        let model: LlamaModel;
+        before(async function () {
+            llama = await loadPatchedLlama();
+            model = await llama.loadModel({ modelPath: smolModelPath() });
+        });
+        after(async function () {
+            await model?.dispose();
+            await llama?.dispose();
+        });
+
+        // The issue asked for "exactly their single-sequence outputs". llama.cpp cannot give that, vanilla
+        // included: a batch of one token takes ggml's vector kernels and a batch of two or more takes llamafile's
+        // sgemm ("only enable sgemm for prompt processing", ggml-cpu/llamafile/sgemm.cpp), which round
+        // differently (0.45 in the logits of SmolLM2 Q4_1, 0.09 of its F16 copy, measured), and a budget compresses
+        // at batch boundaries, which concurrency moves. What isolation means, and what is tested: with the same
+        // batch shapes, a sequence computes bit for bit the same logits whatever its neighbours hold, while all
+        // of them compress, prefill and decode in mixed batches of different token counts.
+        it("sequence 0 computes the same logits, bit for bit, whatever the other three hold", async function () {
+            this.timeout(900_000);
+            const text = fs.readFileSync(ensureKjvText(), "utf8");
+            const passage = (at: number, tokens: number) => model.tokenize(text.slice(at, at + tokens * 6)).slice(0, tokens) as Token[];
+            const lengths = [1800, 1100, 1500, 1300]; // all past the 819-cell budget
+            const chunks = [96, 128, 112, 80]; // prompt tokens per sequence and batch: mixed rows in every batch
+            const generate = 24;
+
+            async function run(offsets: number[]) {
+                const context = await createKeepKvContext(model, {
+                    contextSize: 8192, sequences: 4, threads: 2, keepKv: { policy: "keepkv", budget: 0.1 }
+                });
+                try {
+                    const sequences = [0, 1, 2, 3].map(() => context.getSequence());
+                    const prompts = lengths.map((n, i) => passage(offsets[i]!, n));
+                    const pos = [0, 0, 0, 0];
+                    const out: Token[][] = [[], [], [], []];
+                    const firstLogits: Float32Array[] = [];
+                    while (out.some((o) => o.length < generate)) {
+                        const items = [];
+                        for (let seq = 0; seq < 4; seq++) {
+                            if (out[seq]!.length >= generate)
+                                continue;
+                            const tokens = pos[seq]! < prompts[seq]!.length
+                                ? prompts[seq]!.slice(pos[seq]!, pos[seq]! + chunks[seq]!)
+                                : [out[seq]!.at(-1)!];
+                            items.push({ seq, pos: pos[seq]!, tokens });
+                        }
+                        const logits = await rawDecodeMany(context, items);
+                        items.forEach((item, i) => {
+                            pos[item.seq] += item.tokens.length;
+                            if (pos[item.seq]! >= prompts[item.seq]!.length) {
+                                out[item.seq]!.push(argmax(logits[i]!) as Token);
+                                if (item.seq === 0)
+                                    firstLogits.push(logits[i]!.slice());
+                            }
+                        });
+                    }
+                    const stats = await keepKvContextStats(context, sequences);
+                    for (const s of stats.sequences) {
+                        assert.ok(s.compressions > 0, `sequence ${s.sequenceId} was compressed`);
+                        assert.ok(s.cellsUsed <= 819, `sequence ${s.sequenceId} holds ${s.cellsUsed} cells`);
+                    }
+                    return { out, logits: firstLogits };
+                } finally {
+                    await context.dispose();
+                }
+            }
+
+            const a = await run([100_000, 1_000_000, 1_900_000, 2_800_000]);
+            const b = await run([100_000, 3_500_000, 4_000_000, 600_000]);
+            assert.equal(a.logits.length, generate);
+            for (let step = 0; step < generate; step++)
+                assert.equal(maxAbsDiff(a.logits[step]!, b.logits[step]!), 0, `sequence 0, token ${step}: the logits depend on the neighbours`);
+            assert.deepEqual(b.out[0], a.out[0]);
+            for (let seq = 1; seq < 4; seq++)
+                assert.notDeepEqual(b.out[seq], a.out[seq], `sequence ${seq} held other text in the second run`);
+            assert.ok(model.detokenize(a.out[0]!).trim().length > 0);
         });
     });
 });
