@@ -74,7 +74,7 @@ export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, do
     policy: { default: "keepkv", doc: "off, window (StreamingLLM), evict (H2O/SnapKV), merge-naive (convex merge, votes summed), keepkv (votes + ZIP merge). off allocates nothing and adds no work." },
     selection: { default: "policy", doc: "which cells leave: the policy's own (recency for window, attention score for evict, merge-naive and keepkv), score (the least attended, H2O) or recency (the oldest, StreamingLLM); merging policies merge whichever leave." },
     variant: { default: "key", doc: "ZIP merge variant of the keepkv policy: paper (k = C sum w k, guarded), votes (convex key, the vote absorbs the mass), key (convex key moved along the query)." },
-    budget: { default: "none", doc: "KV cells per sequence (integer) or fraction of the context (0-1]. The cache allocates the budget per sequence and compresses a sequence before a batch would take it over; batches are cut to budget - sinks - recent tokens." },
+    budget: { default: "none", doc: "KV cells per sequence (integer) or fraction of the context (0-1]. The cache allocates the budget per sequence and compresses a sequence before a batch would take it over; batches are cut to a chunk (at most budget - sinks - recent tokens), so that each compression chooses what leaves." },
     sinks: { default: "4", doc: "first cells of a sequence that never leave (attention sinks)." },
     recent: { default: "32", doc: "last cells of a sequence that never leave." },
     threshold: { default: "0.8", doc: "cosine similarity below which a leaving cell is evicted instead of merged." },
@@ -172,6 +172,18 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
     return { policy, variant, selection, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }
 
+/**
+ * The most tokens llama.cpp puts in one ubatch under a budget (llama_keepkv_max_ubatch): a compression chunk
+ * (budget/4 unless set), so that each compression chooses which cells leave instead of emptying the sequence
+ * down to its sinks and recent window; a larger batch buys nothing.
+ */
+export function keepKvMaxBatch(settings: Pick<KeepKvSettings, "budgetCells" | "sinks" | "recent" | "chunk">): number | null {
+    if (settings.budgetCells == null)
+        return null;
+    const chunk = settings.chunk > 0 ? settings.chunk : Math.max(1, Math.floor(settings.budgetCells / 4));
+    return Math.max(1, Math.min(settings.budgetCells - settings.sinks - settings.recent, chunk));
+}
+
 /** The option object the patched addon reads (see patches/node-llama-cpp). */
 function toAddonParams(settings: KeepKvSettings) {
     return {
@@ -234,9 +246,9 @@ export async function createKeepKvContext(model: LlamaModel, options: KeepKvCont
     const { keepKv, ...contextOptions } = options;
     const settings = resolveKeepKvSettings(keepKv ?? { policy: "off" }, options.contextSize);
 
-    // llama.cpp cuts batches to budget - sinks - recent tokens under a budget: a larger batch buys nothing
-    if (settings.budgetCells != null && contextOptions.batchSize == null)
-        contextOptions.batchSize = Math.max(1, Math.min(512, settings.budgetCells - settings.sinks - settings.recent));
+    const maxBatch = keepKvMaxBatch(settings);
+    if (maxBatch != null && contextOptions.batchSize == null)
+        contextOptions.batchSize = Math.min(512, maxBatch);
 
     if (settings.policy === "off") {
         const context = await model.createContext(settings.unifiedKvCache
