@@ -11,7 +11,7 @@ import {
 } from "../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
 import { corpusPath, testModelPath, requireFile } from "../server/engine/model-paths.js";
-import { rawDecodeMany } from "./helpers/raw-context.js";
+import { rawDecodeMany } from "../bench/lib/raw-decode.js";
 
 describe("KeepKV transparent budget", function () {
     let llama: Llama;

@@ -14,7 +14,7 @@ import {
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { corpusPath, testModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
 import { repoRoot } from "../scripts/lib/paths.js";
-import { maxAbsDiff, rawCopyCells, rawDecode, rawRemoveCells } from "./helpers/raw-context.js";
+import { maxAbsDiff, rawCopyCells, rawDecode, rawRemoveCells } from "../bench/lib/raw-decode.js";
 
 const f16ModelPath = () => requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
 

@@ -14,7 +14,7 @@ import type { WsErrorMessage, WsFinalMessage } from "../server/protocol/ws-messa
 import { ensureKjvText } from "../scripts/lib/long-text.js";
 import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
 import { smolArgs, smolModelPath } from "./helpers/smollm2.js";
-import { maxAbsDiff, rawDecodeMany } from "./helpers/raw-context.js";
+import { maxAbsDiff, rawDecodeMany } from "../bench/lib/raw-decode.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 function assertFinal(message: WsFinalMessage | WsErrorMessage): WsFinalMessage {
@@ -147,7 +147,8 @@ describe("SmolLM2-135M-Instruct, the default chat model", function () {
 
             async function run(offsets: number[]) {
                 const context = await createKeepKvContext(model, {
-                    contextSize: 8192, sequences: 4, threads: 2, keepKv: { policy: "keepkv", budget: 0.1 }
+                    // 512 tokens a batch: llama.cpp splits it into ubatches of a compression chunk (204)
+                    contextSize: 8192, sequences: 4, threads: 2, batchSize: 512, keepKv: { policy: "keepkv", budget: 0.1 }
                 });
                 try {
                     const sequences = [0, 1, 2, 3].map(() => context.getSequence());

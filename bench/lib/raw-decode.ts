@@ -1,4 +1,4 @@
-// Direct use of the native context for low-level tests: decode tokens at chosen positions of chosen
+// Direct use of the native context for low-level tests and benchmarks: decode tokens at chosen positions of chosen
 // sequences and read the raw logits, under node-llama-cpp's own context lock.
 import { withLock } from "lifecycle-utils";
 import type { LlamaContext, Token } from "node-llama-cpp";

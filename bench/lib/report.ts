@@ -169,6 +169,44 @@ export function groupedBarChartSvg(opts: {
     return parts.join("\n");
 }
 
+/**
+ * Heat maps side by side, one per panel, as one SVG document: rows and columns are labelled, each cell's value
+ * in [0, 1] is drawn from red (0) to green (1) and written in it (the needle-in-a-haystack picture).
+ */
+export function heatMapsSvg(opts: {
+    title: string, rowLabel: string, columnLabel: string, rows: string[], columns: string[],
+    panels: { name: string, values: (number | null)[][] }[]
+}): string {
+    const cell = 44;
+    const panelWidth = Math.max(opts.columns.length * cell + 30, 190);
+    const m = { left: 90, top: 70, bottom: 50 };
+    const width = m.left + opts.panels.length * panelWidth + 20;
+    const height = m.top + opts.rows.length * cell + m.bottom;
+    const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+    const color = (v: number) => `hsl(${Math.round(v * 120)}, 65%, ${Math.round(45 + 10 * (1 - Math.abs(v - 0.5) * 2))}%)`;
+    const parts: string[] = [];
+    parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`);
+    parts.push(`<rect width="100%" height="100%" fill="white"/>`);
+    parts.push(`<text x="${width / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">${esc(opts.title)}</text>`);
+    opts.rows.forEach((r, ri) => parts.push(`<text x="${m.left - 8}" y="${m.top + ri * cell + cell / 2 + 4}" text-anchor="end">${esc(r)}</text>`));
+    parts.push(`<text x="16" y="${m.top + opts.rows.length * cell / 2}" transform="rotate(-90 16 ${m.top + opts.rows.length * cell / 2})" text-anchor="middle">${esc(opts.rowLabel)}</text>`);
+    opts.panels.forEach((panel, pi) => {
+        const x0 = m.left + pi * panelWidth;
+        parts.push(`<text x="${x0 + opts.columns.length * cell / 2}" y="${m.top - 26}" text-anchor="middle" font-weight="bold">${esc(panel.name)}</text>`);
+        opts.columns.forEach((c, ci) => parts.push(`<text x="${x0 + ci * cell + cell / 2}" y="${m.top - 8}" text-anchor="middle">${esc(c)}</text>`));
+        panel.values.forEach((row, ri) => row.forEach((v, ci) => {
+            const x = x0 + ci * cell;
+            const y = m.top + ri * cell;
+            parts.push(`<rect x="${x}" y="${y}" width="${cell - 2}" height="${cell - 2}" fill="${v == null ? "#eee" : color(v)}"/>`);
+            if (v != null)
+                parts.push(`<text x="${x + cell / 2 - 1}" y="${y + cell / 2 + 4}" text-anchor="middle" fill="white">${Math.round(v * 100)}</text>`);
+        }));
+        parts.push(`<text x="${x0 + opts.columns.length * cell / 2}" y="${height - 20}" text-anchor="middle">${esc(opts.columnLabel)}</text>`);
+    });
+    parts.push(`</svg>`);
+    return parts.join("\n");
+}
+
 /** Renders an SVG document to PNG with the system's Chromium (Debian package chromium), offline. */
 export async function svgToPng(svg: string, pngPath: string): Promise<void> {
     const executablePath = process.env.KEEPKV_CHROMIUM ?? "/usr/bin/chromium";

@@ -83,11 +83,8 @@ export async function windowedPerplexity(context: LlamaContext, tokens: Token[],
     return Math.exp(total / count);
 }
 
-/**
- * Greedy generation by direct decoding (deterministic, no sampler): the prompt in chunks, then one token at a
- * time. Returns the generated tokens.
- */
-export async function greedyGenerate(context: LlamaContext, seq: number, prompt: Token[], n: number, chunk: number): Promise<Token[]> {
+/** Evaluates a prompt into sequence `seq` (cleared first), `chunk` tokens at a time; returns the last logits. */
+export async function evaluatePrompt(context: LlamaContext, seq: number, prompt: Token[], chunk: number): Promise<Float32Array> {
     return await withLock([context as object, "context"], async () => {
         const a = addonOf(context);
         a.removeTokenCellsFromSequence(seq, 0, -1);
@@ -99,17 +96,36 @@ export async function greedyGenerate(context: LlamaContext, seq: number, prompt:
             await a.decodeBatch();
             logits = a.getOutputLogits(part.length - 1);
         }
+        if (logits == null)
+            throw new Error("no logits");
+        return logits;
+    });
+}
+
+/** Greedy continuation of sequence `seq` from position `pos`, where `logits` are the last token's. */
+export async function continueGreedy(context: LlamaContext, seq: number, pos: number, logits: Float32Array, n: number): Promise<Token[]> {
+    return await withLock([context as object, "context"], async () => {
+        const a = addonOf(context);
         const out: Token[] = [];
+        let last: Float32Array | null = logits;
         for (let i = 0; i < n; i++) {
-            if (logits == null)
+            if (last == null)
                 throw new Error("no logits");
-            const token = argmax(logits) as Token;
+            const token = argmax(last) as Token;
             out.push(token);
             a.initBatch(1);
-            a.addToBatch(seq, prompt.length + i, Uint32Array.from([token]), Uint32Array.from([0]));
+            a.addToBatch(seq, pos + i, Uint32Array.from([token]), Uint32Array.from([0]));
             await a.decodeBatch();
-            logits = a.getOutputLogits(0);
+            last = a.getOutputLogits(0);
         }
         return out;
     });
+}
+
+/**
+ * Greedy generation by direct decoding (deterministic, no sampler): the prompt in chunks, then one token at a
+ * time. Returns the generated tokens.
+ */
+export async function greedyGenerate(context: LlamaContext, seq: number, prompt: Token[], n: number, chunk: number): Promise<Token[]> {
+    return await continueGreedy(context, seq, prompt.length, await evaluatePrompt(context, seq, prompt, chunk), n);
 }
