@@ -165,10 +165,14 @@ describe("KeepKV transparent budget", function () {
         assert.ok(stats.logicalTokens > 3 * stats.capacity, `${stats.logicalTokens} tokens went through ${stats.capacity} cells`);
         assert.ok(answers.every((a) => a.trim().length > 0));
         // each turn evaluates only what is new: the question and the chat template around it (the previous turns
-        // come from the cache); a context shift or a re-evaluation would evaluate the whole history again
+        // come from the cache); a context shift or a re-evaluation would evaluate the whole history again. The
+        // previous reply may be evaluated again too: node-llama-cpp re-evaluates a reply whose text tokenizes
+        // differently from the tokens it generated (which depends on what was generated: 51 tokens for a 6-token
+        // question once, after a reply of 60)
         for (let i = 1; i < questions.length; i++) {
-            const newTokens = model.tokenize(questions[i]!).length;
-            assert.ok(evaluated[i]! <= newTokens + 24, `turn ${i + 1} evaluated ${evaluated[i]} tokens for a ${newTokens}-token question`);
+            const newTokens = model.tokenize(questions[i]!).length + model.tokenize(answers[i - 1]!).length;
+            assert.ok(evaluated[i]! <= newTokens + 24, `turn ${i + 1} evaluated ${evaluated[i]} tokens for ${newTokens} tokens of question and previous reply`);
+            assert.ok(evaluated[i]! < stats.logicalTokens / 2, `turn ${i + 1} evaluated ${evaluated[i]} tokens of a ${stats.logicalTokens}-token history`);
         }
     });
 
@@ -205,7 +209,9 @@ describe("KeepKV transparent budget", function () {
         const evaluated = secondSequence.tokenMeter.usedInputTokens - before;
         await second.dispose();
         assert.equal(third, ref.answers[2], "the same third answer as without saving");
-        assert.ok(evaluated <= model.tokenize(questions[2]!).length + 24, `the restored cache was reused (${evaluated} tokens evaluated)`);
+        // the question, the template and at most the previous reply (see the 3-turn test)
+        assert.ok(evaluated <= model.tokenize(questions[2]!).length + model.tokenize(ref.answers[1]!).length + 24,
+            `the restored cache was reused (${evaluated} tokens evaluated)`);
 
         // a context with another budget or policy refuses the state, saying why
         for (const other of [{ ...keepKv, budget: 64 }, { ...keepKv, policy: "evict" }] as KeepKvOptions[]) {
