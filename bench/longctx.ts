@@ -21,15 +21,15 @@ import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import type { KeepKvOptions } from "../server/engine/keepkv.js";
 import { needleCase, needleSeed, type NeedleCase, type NeedleTask, needleTaskDocs, needleTasks } from "./lib/longctx-tasks.js";
+import { heatMapsSvg, lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
+import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, serverArgsOf } from "./lib/longctx-run.js";
+import { multiturnRecall } from "./lib/longctx-multiturn.js";
+import { startServer } from "./lib/server-process.js";
 
 const taskDocs: Record<LongctxTask, string> = {
     ...needleTaskDocs,
     multiturn: "a fact in the first turn of a chat through the server, asked for after later turns fill the conversation"
 };
-import { heatMapsSvg, lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
-import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxTasks, runLongctx, serverArgsOf } from "./lib/longctx-run.js";
-import { multiturnRecall } from "./lib/longctx-multiturn.js";
-import { startServer } from "./lib/server-process.js";
 
 /** One server per configuration (SmolLM2 at an 8k context), each conversation from its seed. */
 async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: string, target: number, seeds: number, threads: number): Promise<LongctxRow[]> {
@@ -45,11 +45,7 @@ async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: s
             const got: LongctxRow[] = [];
             for (let seed = 0; seed < seeds; seed++) {
                 const r = await multiturnRecall(server.url, text, 7000 + seed, target);
-                got.push({
-                    task: "multiturn", length: r.promptTokens, depth: 0, seed, config: config.label, policy: config.policy,
-                    variant: config.variant, selection: config.selection, budget: config.budget, budgetCells, setting: config.setting,
-                    correct: r.correct, reply: r.reply
-                });
+                got.push(longctxRow(config, budgetCells, { task: "multiturn", length: r.promptTokens, depth: 0, seed, correct: r.correct, reply: r.reply }));
             }
             rows.push(...got);
             progress(`multiturn ${target} ${config.label}${config.budget == null ? "" : " " + config.budget}: ${pct(accuracy(got))}`);
@@ -148,7 +144,7 @@ async function main(): Promise<void> {
         accuracy(rows.filter((r) => r.task === task && r.config === label && r.budget === budget && r.length === length));
 
     const report = {
-        benchmark: "longctx", machine: machineInfo(), model: path.basename(resolveModel(String(args.model))),
+        benchmark: "longctx", machine: machineInfo(), model: path.basename(modelPath),
         args, seconds: Math.round((Date.now() - started) / 1000), taskDocs, summaries, rows
     };
     const dir = resultsDir(String(args.out));

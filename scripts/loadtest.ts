@@ -15,6 +15,9 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import WebSocket from "ws";
 import { corpusPath, testModelPath } from "../server/engine/model-paths.js";
 import { repoRoot } from "./lib/paths.js";
+import { seededRandom } from "./lib/seeded-random.js";
+
+export { seededRandom };
 
 // ---------------------------------------------------------------- options
 
@@ -130,18 +133,6 @@ export function parseLoadTestArgs(argv: readonly string[]): LoadTestOptions {
 }
 
 // ---------------------------------------------------------------- small tools
-
-/** mulberry32: a small seeded PRNG */
-export function seededRandom(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6D2B79F5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
 
 export function percentile(sorted: readonly number[], p: number): number | null {
     if (sorted.length === 0)

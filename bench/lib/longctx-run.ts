@@ -1,7 +1,7 @@
 // One configuration (a policy, selection and budget) run over long-context cases in one context: greedy
 // replies scored exactly. Used by bench/longctx.ts and the fast needle test.
 import type { LlamaModel } from "node-llama-cpp";
-import { compressSequence, createKeepKvContext, keepKvDefaults, keepKvMaxBatch, type KeepKvOptions, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant } from "../../server/engine/keepkv.js";
+import { compressSequence, createKeepKvContext, type KeepKvOptions, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant } from "../../server/engine/keepkv.js";
 import { needleAnswered, type NeedleCase } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
 import { rawDecode, rawRemoveCells } from "./raw-decode.js";
@@ -53,16 +53,25 @@ function configName(policy: KeepKvPolicy, variant: KeepKvVariant | null, selecti
     return `${policy}${variant != null && variant !== "key" ? "/" + variant : ""}${selection === "policy" ? "" : ` (${selection})`}`;
 }
 
+/** A result row: what was asked and answered, and the configuration that answered it. */
+export function longctxRow(config: LongctxConfig, budgetCells: number | null,
+    result: Pick<LongctxRow, "task" | "length" | "depth" | "seed" | "correct" | "reply">): LongctxRow {
+    return {
+        ...result, config: config.label, policy: config.policy, variant: config.variant, selection: config.selection,
+        budget: config.budget, budgetCells, setting: config.setting
+    };
+}
+
 /** Runs the cases of one length under one configuration in one context; returns a row per case. */
 export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases: NeedleCase[],
     opts: { threads: number, generate: number, keepKv?: KeepKvOptions }): Promise<LongctxRow[]> {
     const length = cases[0]!.length;
     const budgetCells = config.budget == null ? null : Math.round(config.budget * length);
-    const { sinks, recent } = keepKvDefaults;
     const streaming = config.setting === "streaming";
-    const batch = streaming ? Math.min(512, keepKvMaxBatch({ budgetCells, sinks, recent, chunk: 0 }) ?? 512) : 512;
     const context = await createKeepKvContext(model, {
-        contextSize: length + opts.generate, threads: opts.threads, batchSize: batch,
+        contextSize: length + opts.generate, threads: opts.threads,
+        // under a budget createKeepKvContext sizes the batch to what llama.cpp puts in one ubatch
+        ...streaming && budgetCells != null ? {} : { batchSize: 512 },
         keepKv: config.policy === "off" ? { policy: "off" } : {
             policy: config.policy, budget: streaming ? budgetCells : null, selection: config.selection,
             ...config.variant != null ? { variant: config.variant } : {},
@@ -71,6 +80,7 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
             ...opts.keepKv
         }
     });
+    const batch = context.batchSize;
     const sequence = context.getSequence();
     try {
         const rows: LongctxRow[] = [];
@@ -85,11 +95,8 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
                 logits = await rawDecode(context, 0, last, [c.prompt[last]!]);
             }
             const reply = model.detokenize(await continueGreedy(context, 0, c.prompt.length, logits, opts.generate));
-            rows.push({
-                task: c.task, length: c.length, depth: c.depth, seed: c.seed, config: config.label, policy: config.policy,
-                variant: config.variant, selection: config.selection, budget: config.budget, budgetCells,
-                setting: config.setting, correct: needleAnswered(reply, c.answer), reply
-            });
+            rows.push(longctxRow(config, budgetCells,
+                { task: c.task, length: c.length, depth: c.depth, seed: c.seed, correct: needleAnswered(reply, c.answer), reply }));
         }
         return rows;
     } finally {

@@ -6,6 +6,7 @@
 // answers the named form from its whole 8k context with the full cache, and fails the classic pass-key
 // prompt even at 60 tokens (measured), so a pass key would measure the model, not the cache.
 import type { LlamaModel, Token } from "node-llama-cpp";
+import { seededRandom } from "../../scripts/lib/seeded-random.js";
 
 export const needleTasks = ["needle", "multikey", "before"] as const;
 export type NeedleTask = typeof needleTasks[number];
@@ -33,18 +34,6 @@ const firstNames = ["Elizabeth", "Thomas", "Margaret", "Henry", "Alice", "George
     "Harriet", "Samuel", "Beatrice", "Oliver", "Florence", "Edmund"];
 const lastNames = ["Barnaby", "Whitfield", "Osborne", "Castellan", "Pemberton", "Lindqvist", "Montague", "Ashdown",
     "Marlowe", "Fenwick", "Thornbury", "Galloway", "Kingsley", "Radcliffe", "Winslow", "Hartigan"];
-
-/** mulberry32: a small seeded generator, so that every case is reproducible from its seed. */
-export function seededRandom(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-        a = (a + 0x6d2b79f5) >>> 0;
-        let t = a;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-}
 
 /**
  * Builds one case of `length` prompt tokens. The text is taken from a seeded place in `haystack` and cut at
