@@ -7,7 +7,7 @@ import { formatBytes, formatNumber, LineChart } from "./chart.js";
 /**
  * @typedef {{ role: "user" | "assistant", content: string }} Turn
  * @typedef {{
- *   sequence: number, busy: boolean, conversation_id: string | null, logical_tokens: number,
+ *   sequence: number, busy: boolean, held: boolean, conversation_id: string | null, logical_tokens: number,
  *   cells_used: number, budget: number | null, capacity: number, vote_max: number
  * }} KvSequence
  * @typedef {{
@@ -303,7 +303,7 @@ function showKv(kv) {
     charts.compression.add("merges", now, kv.merges);
     charts.compression.add("evictions", now, kv.evictions);
 
-    const active = kv.sequences.filter((s) => s.busy || s.conversation_id != null);
+    const active = kv.sequences.filter((s) => s.busy || s.held);
     for (const s of active) {
         const mine = s.conversation_id === conversation.id ? " (this chat)" : "";
         charts.kvCells.add(`seq${s.sequence}`, now, s.cells_used, `seq ${s.sequence}${mine} used`);
@@ -325,7 +325,9 @@ function showKv(kv) {
         if (s.conversation_id === conversation.id)
             tr.className = "mine";
         const cells = [
-            String(s.sequence), shortId(s.conversation_id), s.busy ? "generating" : s.conversation_id != null ? "held" : "free",
+            // the server names only this key's own conversations (all of them for an admin key)
+            String(s.sequence), s.held && s.conversation_id == null ? "another client's" : shortId(s.conversation_id),
+            s.busy ? "generating" : s.held ? "held" : "free",
             String(s.logical_tokens), String(s.cells_used), s.budget == null ? "–" : String(s.budget), String(s.capacity),
             formatNumber(s.vote_max)
         ];

@@ -17,6 +17,8 @@ function version(): string {
     return pkg.version;
 }
 
+const isEmptyList = (value: unknown) => Array.isArray(value) && value.length === 0;
+
 async function main(): Promise<void> {
     const loaded = loadConfig(process.argv.slice(2));
     switch (loaded.action.action) {
@@ -28,7 +30,7 @@ async function main(): Promise<void> {
             return;
         case "print-config": {
             const shown = Object.fromEntries(optionKeys.map((k) =>
-                [k, optionDecls[k].secret === true && loaded.config[k] != null ? "(set)" : loaded.config[k]]));
+                [k, optionDecls[k].secret === true && loaded.config[k] != null && !isEmptyList(loaded.config[k]) ? "(set)" : loaded.config[k]]));
             process.stdout.write(JSON.stringify(shown, null, 2) + "\n");
             return;
         }

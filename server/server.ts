@@ -19,6 +19,7 @@ import { ModelCatalog } from "./models/model-catalog.js";
 import { ModelSwitcher } from "./models/model-switcher.js";
 import { openAiErrorBody } from "./protocol/errors.js";
 import { Scheduler } from "./scheduler/scheduler.js";
+import { keyRingFrom } from "./security/api-keys.js";
 import { effectiveAllowedHosts } from "./security/hosts.js";
 import { RateLimiter } from "./security/rate-limit.js";
 import { WsGateway } from "./ws/ws-gateway.js";
@@ -42,6 +43,8 @@ export function resolveModelPath(config: ServerConfig): string {
 
 export async function startServer(loaded: LoadedConfig, log: Logger): Promise<RunningServer> {
     const { config } = loaded;
+    // bad or duplicate keys stop startup before anything loads
+    const keys = keyRingFrom(config);
     const modelPath = resolveModelPath(config);
     const inspection = await inspectModelFile(modelPath);
     if (!inspection.valid)
@@ -99,7 +102,7 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
     let shuttingDown = false;
     const rateLimiter = new RateLimiter(config.rateLimit);
     const app = createApp({
-        config, scheduler, engine, metrics, catalog, switcher, startupModel: modelPath,
+        config, scheduler, engine, metrics, catalog, switcher, keys, startupModel: modelPath,
         isShuttingDown: () => shuttingDown, rateLimiter
     });
     const server = http.createServer(app);
@@ -116,7 +119,7 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         socket.end(`HTTP/1.1 ${status}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
     });
     const gateway = new WsGateway(server, scheduler, metrics, log, {
-        apiKey: config.apiKey,
+        keys,
         allowedOrigins: config.allowedOrigins,
         maxMessageBytes: config.maxMessageBytes,
         maxRequestsPerSocket: config.maxRequestsPerSocket,

@@ -73,18 +73,20 @@ describe("security: tokens", function () {
         assert.equal((await httpJson(`${server.url}/v1/models`, { headers: { "X-API-Key": apiKey } })).status, 401);
     });
 
-    it("the API token opens the API; /metrics (in any spelling the router accepts) takes only the metrics token", async function () {
+    it("the API token (an admin key) opens the API and /metrics; the metrics token opens /metrics (in any spelling the router accepts) and nothing else", async function () {
         for (const route of routes) {
             const isMetrics = route.path.toLowerCase().replace(/\/+$/, "") === "/metrics";
             const withApi = await call(route, apiKey);
             const withMetrics = await call(route, metricsKey);
             if (isMetrics) {
-                assert.equal(withApi.status, 401, `${route.path} with the API token`);
+                assert.equal(withApi.status, 200, `${route.path} with the API token`);
                 assert.equal(withMetrics.status, 200, `${route.path} with the metrics token`);
                 assert.match(String(withMetrics.body), /keepkv_generation_tokens_total/);
             } else {
                 assert.notEqual(withApi.status, 401, `${route.method} ${route.path} with the API token`);
-                assert.equal(withMetrics.status, 401, `${route.method} ${route.path} with the metrics token`);
+                assert.notEqual(withApi.status, 403, `${route.method} ${route.path} with the API token`);
+                assert.equal(withMetrics.status, 403, `${route.method} ${route.path} with the metrics token`);
+                assert.equal(withMetrics.body.error.code, "forbidden");
             }
         }
         // the scheme name is case-insensitive (RFC 7235)
@@ -94,7 +96,7 @@ describe("security: tokens", function () {
     it("WebSocket: an upgrade without the token is refused (401), a wrong one too; a browser page may send it as its first message", async function () {
         assert.equal(await WsTestClient.upgradeStatus(server.wsUrl), 401);
         assert.equal(await WsTestClient.upgradeStatus(server.wsUrl, { Authorization: "Bearer wrong" }), 401);
-        assert.equal(await WsTestClient.upgradeStatus(server.wsUrl, { Authorization: `Bearer ${metricsKey}` }), 401);
+        assert.equal(await WsTestClient.upgradeStatus(server.wsUrl, { Authorization: `Bearer ${metricsKey}` }), 403);
         assert.equal(await WsTestClient.upgradeStatus(server.wsUrl, { Authorization: `Bearer ${apiKey}` }), 101);
         // a same-origin page: admitted, but nothing works before the auth message, and the hello tells nothing
         const page = await WsTestClient.connect(server.wsUrl, { headers: { Origin: server.url } });

@@ -189,8 +189,8 @@ describe("WebSocket API", function () {
     it("publishes its schemas at GET /v1/schemas", async function () {
         const { status, body } = await httpJson(`${server.url}/v1/schemas`);
         assert.equal(status, 200);
-        assert.deepEqual(Object.keys(body.ws.client).sort(), ["auth", "cancel", "chat", "ping"]);
-        assert.deepEqual(Object.keys(body.ws.server).sort(), ["auth_ok", "delta", "error", "final", "hello", "pong", "start"]);
+        assert.deepEqual(Object.keys(body.ws.client).sort(), ["auth", "cancel", "chat", "new_conversation", "ping"]);
+        assert.deepEqual(Object.keys(body.ws.server).sort(), ["auth_ok", "conversation", "delta", "error", "final", "hello", "pong", "start"]);
         assert.equal(body.errorCodes.queue_full.httpStatus, 503);
     });
 });

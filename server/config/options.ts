@@ -62,6 +62,8 @@ export type ServerConfig = {
     memoryLimit: number,
     apiKey: string | null,
     metricsApiKey: string | null,
+    apiKeys: string[],
+    apiKeyFile: string | null,
     allowedOrigins: string[],
     allowedHosts: string[],
     trustProxy: boolean
@@ -277,12 +279,22 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     apiKey: {
         group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null, secret: true,
         defaultDoc: "none",
-        doc: "Bearer token required by every endpoint except `/health` (HTTP `Authorization: Bearer ...`; WebSocket upgrades: the same header, or for a browser page, which cannot set it, a first `auth` message). Prefer the environment variable or the config file: a command-line value is visible to other local users in the process list."
+        doc: "Bearer token required by every endpoint except `/health` (HTTP `Authorization: Bearer ...`; WebSocket upgrades: the same header, or for a browser page, which cannot set it, a first `auth` message). It is one key of role admin named `admin` (see `api-keys` for several keys and roles). Prefer the environment variable or the config file: a command-line value is visible to other local users in the process list."
     },
     metricsApiKey: {
         group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null, secret: true,
-        defaultDoc: "none (`/metrics` uses `api-key`)",
-        doc: "Separate bearer token for `/metrics`, so that Prometheus does not need the API key."
+        defaultDoc: "none (`/metrics` takes admin keys)",
+        doc: "Separate bearer token for `/metrics`, so that Prometheus does not need the API key: one key of role metrics named `metrics`."
+    },
+    apiKeys: {
+        group: "security", schema: { type: "array", items: { type: "string", minLength: 1 } }, default: [], secret: true,
+        defaultDoc: "none",
+        doc: "API keys as `name:role:key` entries (comma-separated on the command line and in the environment, a list in the config file). The name is the caller's identity (its conversations are its own); the role is `user` (chat and read APIs, its own conversations only), `admin` (everything, `/admin/*` included, every conversation) or `metrics` (`/metrics` only). Keys have at least 16 characters; names and keys must be unique across `api-key`, `metrics-api-key`, `api-keys` and `api-key-file`."
+    },
+    apiKeyFile: {
+        group: "security", schema: { type: ["string", "null"], minLength: 1 }, default: null,
+        defaultDoc: "none",
+        doc: "JSON file of API keys: `{\"keys\": [{\"name\": \"alice\", \"role\": \"user\", \"key\": \"...\"}, ...]}`, with the same rules as `api-keys`. Read at startup; a file that is not valid JSON, has unknown fields, a bad role, a short key or a duplicate name or key stops startup with a message that names the entry (never the key)."
     },
     allowedOrigins: {
         group: "security", schema: { type: "array", items: { type: "string", minLength: 1 } }, default: [],

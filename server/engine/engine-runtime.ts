@@ -196,6 +196,8 @@ export class EngineRuntime {
             } catch (err) {
                 throw new JobError("invalid_message", `the messages cannot be formatted for this model: ${(err as Error).message}`);
             }
+            if (job.clearCache)
+                await this.release(job.slot);
             // a conversation's next turn extends the text the sequence holds: reuse its tokens exactly,
             // tokenize only what is new
             const memo = this.memos[job.slot];

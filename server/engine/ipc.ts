@@ -57,7 +57,9 @@ export type GenerateJob = {
     maxTokens: number | null,
     maxPromptTokens: number,
     sampling: SamplingSettings,
-    stop: string[]
+    stop: string[],
+    /** the sequence's cache holds another principal's tokens: empty it first, reuse nothing */
+    clearCache: boolean
 };
 
 export type EngineFinishReason = "stop" | "length" | "cancel" | "error";

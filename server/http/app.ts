@@ -8,10 +8,13 @@ import type { ModelCatalog } from "../models/model-catalog.js";
 import type { ModelSwitcher } from "../models/model-switcher.js";
 import { ApiError, toWireError } from "../protocol/errors.js";
 import { describeSchemaError, schemas, validators } from "../protocol/schemas.js";
+import { newConversationId } from "../scheduler/request-spec.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
+import type { SlotState } from "../scheduler/slot-pool.js";
+import { anonymous, type KeyRing } from "../security/api-keys.js";
 import { effectiveAllowedHosts, hostAllowed } from "../security/hosts.js";
 import type { RateLimiter } from "../security/rate-limit.js";
-import { authorized, originAllowed } from "./auth.js";
+import { bearerToken, originAllowed, principalOf, setPrincipal } from "./auth.js";
 import { addDashboardApi, addDashboardPages } from "./dashboard-routes.js";
 import { addOpenAiRoutes, sendError } from "./openai-routes.js";
 
@@ -22,6 +25,8 @@ export type AppDeps = {
     metrics: ServerMetrics,
     catalog: ModelCatalog,
     switcher: ModelSwitcher,
+    /** the API keys and their roles */
+    keys: KeyRing,
     /** the model path given at startup (listed even when outside the models folder) */
     startupModel: string,
     isShuttingDown: () => boolean,
@@ -45,7 +50,7 @@ function engineReport(engine: EngineSupervisor) {
 }
 
 export function createApp(deps: AppDeps): express.Express {
-    const { config, scheduler, engine, metrics, catalog, switcher } = deps;
+    const { config, scheduler, engine, metrics, catalog, switcher, keys } = deps;
     const app = express();
     app.disable("x-powered-by");
     app.set("etag", false);
@@ -101,20 +106,66 @@ export function createApp(deps: AppDeps): express.Express {
     // the dashboard's page and modules hold no data: served without a token (the page sends it to the API)
     addDashboardPages(app);
 
+    // who calls, and whether the key's role may use this route
     app.use((req: Request, res: Response, next: NextFunction) => {
-        // routing ignores case and a trailing slash: so must the choice of token
-        const isMetrics = req.path.toLowerCase().replace(/\/+$/, "") === "/metrics";
-        const key = isMetrics ? (config.metricsApiKey ?? config.apiKey) : config.apiKey;
-        if (!authorized(req.headers.authorization, key)) {
+        // routing ignores case, repeated slashes and a trailing slash: so must the choice of role
+        const route = req.path.toLowerCase().replace(/\/{2,}/g, "/").replace(/\/+$/, "");
+        const isMetrics = route === "/metrics";
+        if (isMetrics ? keys.metricsOpen : keys.apiOpen) {
+            setPrincipal(req, anonymous);
+            next();
+            return;
+        }
+        const token = bearerToken(req.headers.authorization);
+        const principal = token == null ? null : keys.identify(token);
+        if (principal == null) {
             metrics.requestRefused("unauthorized");
             res.set("WWW-Authenticate", "Bearer");
             sendError(res, { code: "unauthorized", message: "missing or wrong bearer token (Authorization: Bearer ...)" });
             return;
         }
+        const isAdmin = route === "/admin" || route.startsWith("/admin/");
+        const allowed = isMetrics ? principal.role !== "user" : isAdmin ? principal.role === "admin" : principal.role !== "metrics";
+        if (!allowed) {
+            metrics.requestRefused("forbidden");
+            sendError(res, {
+                code: "forbidden",
+                message: `the key "${principal.name}" (role ${principal.role}) may not use this endpoint; ${isMetrics ? "/metrics takes metrics and admin keys" : isAdmin ? "/admin/* takes admin keys" : "the API takes user and admin keys"}`
+            });
+            return;
+        }
+        setPrincipal(req, principal);
         next();
     });
+    // the same rules again where the routes are mounted, whatever spelling of the path reached them
+    const refuseRole = (res: Response, what: string) => {
+        metrics.requestRefused("forbidden");
+        sendError(res, { code: "forbidden", message: what });
+    };
+    app.use("/admin", (req: Request, res: Response, next: NextFunction) => {
+        if (principalOf(req)?.role === "admin")
+            next();
+        else
+            refuseRole(res, "/admin/* takes admin keys");
+    });
+    const metricsAllowed = (req: Request) => {
+        const principal = principalOf(req);
+        return keys.metricsOpen || (principal != null && principal !== anonymous && principal.role !== "user");
+    };
 
-    app.get("/metrics", async (_req, res) => {
+    // a conversation id shows only to the principal whose conversation it is, and to admins
+    const visibleConversation = (req: Request, slot: SlotState | undefined): string | null => {
+        const principal = principalOf(req);
+        if (slot?.conversation == null || principal == null)
+            return null;
+        return principal.role === "admin" || slot.owner === principal.name ? slot.conversation : null;
+    };
+
+    app.get("/metrics", async (req, res) => {
+        if (!metricsAllowed(req)) {
+            refuseRole(res, "/metrics takes metrics and admin keys");
+            return;
+        }
         // fresh KV statistics for this scrape; a busy or restarting engine leaves the last ones
         await engine.stats(300);
         res.set("Content-Type", metrics.contentType);
@@ -139,12 +190,12 @@ export function createApp(deps: AppDeps): express.Express {
             return;
         }
         res.json(scheduler.slotSnapshot().map((s) => ({
-            id: s.index, is_processing: s.request != null, conversation_id: s.conversation
+            id: s.index, is_processing: s.request != null, conversation_id: visibleConversation(req, s)
         })));
     });
 
     // the KV statistics right now, for dashboards that poll (the same numbers as the keepkv_kv_* metrics)
-    app.get("/v1/kv", async (_req, res) => {
+    app.get("/v1/kv", async (req, res) => {
         const stats = await engine.stats(1000);
         if (stats == null) {
             sendError(res, { code: "engine_unavailable", message: "the engine is loading or busy; retry" });
@@ -167,7 +218,8 @@ export function createApp(deps: AppDeps): express.Express {
                 return {
                     sequence: slot,
                     busy: state?.request != null,
-                    conversation_id: state?.conversation ?? null,
+                    held: state?.conversation != null,
+                    conversation_id: visibleConversation(req, state),
                     logical_tokens: seq.logicalTokens,
                     cells_used: seq.cellsUsed,
                     budget: seq.budget,
@@ -222,6 +274,12 @@ export function createApp(deps: AppDeps): express.Express {
 
     app.use(express.json({ limit: config.maxMessageBytes }));
 
+    // a server-issued conversation id: 128 random bits, so that nobody can guess it, not even a client
+    // that shares this principal (one key for several apps, or no keys at all)
+    app.post("/v1/conversations", (_req, res) => {
+        res.json({ id: newConversationId(), object: "conversation", created_at: Math.floor(Date.now() / 1000) });
+    });
+
     app.get("/admin/model", (_req, res) => {
         res.json({ model: scheduler.model, engine: engineReport(engine) });
     });
@@ -264,3 +322,4 @@ export function createApp(deps: AppDeps): express.Express {
     });
     return app;
 }
+

@@ -1,5 +1,7 @@
 // Bearer-token and browser-origin checks, shared by HTTP and WebSocket.
 import { createHash, timingSafeEqual } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { Principal } from "../security/api-keys.js";
 
 /** Constant-time comparison (of digests, so that the lengths do not leak either). */
 export function tokenMatches(given: string, expected: string): boolean {
@@ -16,12 +18,19 @@ export function bearerToken(header: string | undefined): string | null {
     return match == null ? null : match[1]!.trim();
 }
 
-/** null: no key is configured; true/false: the header carries it or not. */
-export function authorized(header: string | undefined, key: string | null): boolean {
-    if (key == null)
-        return true;
-    const token = bearerToken(header);
-    return token != null && tokenMatches(token, key);
+// the principal of each authenticated request (HTTP, and WebSocket upgrades), set by authentication
+const principals = new WeakMap<IncomingMessage, Principal>();
+
+export function setPrincipal(request: IncomingMessage, principal: Principal): void {
+    principals.set(request, principal);
+}
+
+/**
+ * Who sent a request: the name and role of its API key, `anonymous` (with every right) when the server
+ * has no user or admin keys, or null when the request has not been authenticated (yet, or at all).
+ */
+export function principalOf(request: IncomingMessage): Principal | null {
+    return principals.get(request) ?? null;
 }
 
 /**

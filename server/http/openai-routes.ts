@@ -10,6 +10,7 @@ import { requestSpec } from "../scheduler/request-spec.js";
 import type { FinalResult, ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { clientAddress } from "../security/hosts.js";
+import { principalOf } from "./auth.js";
 import type { RateLimiter } from "../security/rate-limit.js";
 
 export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean };
@@ -73,7 +74,13 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
         : { prompt: Array.isArray(body.prompt) ? body.prompt[0]! : body.prompt! };
     const header = req.headers["x-conversation-id"];
     const conversationId = body.conversation_id ?? (typeof header === "string" && header !== "" ? header : null);
-    const spec = requestSpec(input, { ...body, max_tokens: body.max_completion_tokens ?? body.max_tokens }, conversationId);
+    const principal = principalOf(req)?.name;
+    if (principal == null) {
+        // authentication runs before every route: this is a bug, not a client error
+        sendError(res, { code: "internal_error", message: "the request was not authenticated" });
+        return;
+    }
+    const spec = requestSpec(input, { ...body, max_tokens: body.max_completion_tokens ?? body.max_tokens }, conversationId, principal);
 
     const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`;
     const object = kind === "chat" ? "chat.completion" : "text_completion";

@@ -69,6 +69,12 @@ const wsPing = {
     required: ["type"],
     additionalProperties: false
 };
+const wsNewConversation = {
+    type: "object",
+    properties: { type: { const: "new_conversation" }, id: idSchema },
+    required: ["type"],
+    additionalProperties: false
+};
 
 const usageSchema = {
     type: "object",
@@ -129,6 +135,14 @@ const serverMessages: Record<string, Schema> = {
     pong: {
         type: "object", properties: { type: { const: "pong" }, id: { type: ["string", "null"] } },
         required: ["type", "id"], additionalProperties: false
+    },
+    conversation: {
+        type: "object",
+        properties: {
+            type: { const: "conversation" }, id: { type: ["string", "null"] },
+            conversation_id: { type: "string", pattern: "^conv_[0-9a-f]{32}$" }
+        },
+        required: ["type", "id", "conversation_id"], additionalProperties: false
     },
     start: {
         type: "object",
@@ -236,7 +250,7 @@ const selectModelBody = {
 /** Everything published at GET /v1/schemas. */
 export const schemas = {
     ws: {
-        client: { chat: wsChat, cancel: wsCancel, auth: wsAuth, ping: wsPing } as Record<string, Schema>,
+        client: { chat: wsChat, cancel: wsCancel, auth: wsAuth, ping: wsPing, new_conversation: wsNewConversation } as Record<string, Schema>,
         server: serverMessages
     },
     http: {

@@ -33,7 +33,9 @@ export type WsChatMessage = SamplingParams & {
 export type WsCancelMessage = { type: "cancel", id: string };
 export type WsAuthMessage = { type: "auth", token: string };
 export type WsPingMessage = { type: "ping", id?: string };
-export type WsClientMessage = WsChatMessage | WsCancelMessage | WsAuthMessage | WsPingMessage;
+/** asks for a server-issued conversation id (answered with `conversation`) */
+export type WsNewConversationMessage = { type: "new_conversation", id?: string };
+export type WsClientMessage = WsChatMessage | WsCancelMessage | WsAuthMessage | WsPingMessage | WsNewConversationMessage;
 
 // ---- server -> client
 
@@ -128,5 +130,7 @@ export type WsErrorMessage = {
     message: string
 };
 export type WsPongMessage = { type: "pong", id: string | null };
+export type WsConversationMessage = { type: "conversation", id: string | null, conversation_id: string };
 export type WsAuthOkMessage = { type: "auth_ok" };
-export type WsServerMessage = WsHelloMessage | WsStartMessage | WsDeltaMessage | WsFinalMessage | WsErrorMessage | WsPongMessage | WsAuthOkMessage;
+export type WsServerMessage = WsHelloMessage | WsStartMessage | WsDeltaMessage | WsFinalMessage | WsErrorMessage | WsPongMessage | WsAuthOkMessage
+    | WsConversationMessage;

@@ -1,6 +1,6 @@
 // From API parameters (WebSocket or OpenAI names) to a scheduler RequestSpec, with the sampling defaults
 // in one place (llama-server's defaults).
-import { randomInt } from "node:crypto";
+import { randomBytes, randomInt } from "node:crypto";
 import type { ChatMessage, SamplingParams } from "../protocol/ws-messages.js";
 import type { SamplingSettings } from "../engine/ipc.js";
 import type { RequestSpec } from "./scheduler.js";
@@ -32,13 +32,23 @@ export function stopsFrom(stop: string | string[] | null | undefined): string[] 
     return (Array.isArray(stop) ? stop : [stop]).filter((s) => s !== "");
 }
 
+/**
+ * A server-issued conversation id (POST /v1/conversations, the WebSocket `new_conversation`): `conv_` and
+ * 128 random bits in hex, which nobody can guess, not even a client that shares the principal.
+ */
+export function newConversationId(): string {
+    return `conv_${randomBytes(16).toString("hex")}`;
+}
+
 export function requestSpec(
     input: { messages: ChatMessage[] } | { prompt: string },
     params: Nullable<SamplingParams>,
-    conversationId: string | null | undefined
+    conversationId: string | null | undefined,
+    principal: string
 ): RequestSpec {
     return {
         input,
+        principal,
         maxTokens: params.max_tokens ?? null,
         sampling: samplingFrom(params),
         stop: stopsFrom(params.stop),

@@ -18,7 +18,9 @@ export type RequestSpec = {
     maxTokens: number | null,
     sampling: SamplingSettings,
     stop: string[],
-    conversationId: string | null
+    conversationId: string | null,
+    /** who sent it (the key's name, or "anonymous"): conversations are (principal, id) */
+    principal: string
 };
 
 export type FinalResult = {
@@ -155,8 +157,8 @@ export class Scheduler implements EngineListener {
             throw new ApiError("shutting_down", "the server is shutting down");
         if (this.engineFailure != null)
             throw new ApiError("engine_unavailable", this.engineFailure);
-        if (spec.conversationId != null && (this.slots.conversationRunning(spec.conversationId)
-            || this.queue.some((r) => r.spec.conversationId === spec.conversationId)))
+        if (spec.conversationId != null && (this.slots.conversationRunning(spec.principal, spec.conversationId)
+            || this.queue.some((r) => r.spec.principal === spec.principal && r.spec.conversationId === spec.conversationId)))
             throw new ApiError("conversation_busy", `conversation "${spec.conversationId}" already has a request in flight; send the next turn after its final message`);
         const canRunNow = this.canDispatch() && this.queue.length === 0 && this.slots.available > 0;
         if (!canRunNow && this.queue.length >= this.limits.maxQueue)
@@ -339,7 +341,7 @@ export class Scheduler implements EngineListener {
     private dispatch(): void {
         while (this.queue.length > 0 && this.canDispatch()) {
             const request = this.queue[0]!;
-            const acquired = this.slots.acquire(request.id, request.spec.conversationId);
+            const acquired = this.slots.acquire(request.id, request.spec.principal, request.spec.conversationId);
             if (acquired == null)
                 break;
             this.queue.shift();
@@ -359,7 +361,8 @@ export class Scheduler implements EngineListener {
                     maxTokens,
                     maxPromptTokens: this.limits.maxPromptTokens,
                     sampling: request.spec.sampling,
-                    stop: request.spec.stop
+                    stop: request.spec.stop,
+                    clearCache: acquired.clearCache
                 }
             });
             if (!sent)

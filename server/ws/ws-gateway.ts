@@ -7,7 +7,8 @@ import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { errorCodes, openAiErrorBody, type ErrorCode } from "../protocol/errors.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
-import { bearerToken, originAllowed, tokenMatches } from "../http/auth.js";
+import { bearerToken, originAllowed, setPrincipal } from "../http/auth.js";
+import { anonymous, type KeyRing, type Principal } from "../security/api-keys.js";
 import { clientAddress, hostAllowed } from "../security/hosts.js";
 import type { RateLimiter } from "../security/rate-limit.js";
 import { wsCloseCodes, WsSession } from "./ws-session.js";
@@ -15,7 +16,7 @@ import { wsCloseCodes, WsSession } from "./ws-session.js";
 export const wsPath = "/v1/ws";
 
 export type WsGatewayOptions = {
-    apiKey: string | null,
+    keys: KeyRing,
     allowedOrigins: readonly string[],
     maxMessageBytes: number,
     maxRequestsPerSocket: number,
@@ -79,35 +80,43 @@ export class WsGateway {
             refuseUpgrade(socket, "forbidden_origin", `origin ${req.headers.origin} is not allowed (allowed-origins)`);
             return;
         }
-        let authenticated = this.opts.apiKey == null;
+        const keys = this.opts.keys;
+        let principal: Principal | null = keys.apiOpen ? anonymous : null;
         const token = bearerToken(req.headers.authorization);
-        if (this.opts.apiKey != null && token != null) {
-            if (!tokenMatches(token, this.opts.apiKey)) {
+        if (!keys.apiOpen && token != null) {
+            principal = keys.identify(token);
+            if (principal == null) {
                 this.metrics.requestRefused("unauthorized");
                 refuseUpgrade(socket, "unauthorized", "wrong bearer token");
                 return;
             }
-            authenticated = true;
+            if (principal.role === "metrics") {
+                this.metrics.requestRefused("forbidden");
+                refuseUpgrade(socket, "forbidden", `the key "${principal.name}" (role metrics) may read /metrics only`);
+                return;
+            }
         }
         // only a browser page (which cannot set headers on a WebSocket) may authenticate with a first
         // message; any other client must bring the token in the upgrade
         const origin = req.headers.origin;
-        if (!authenticated && (origin == null || origin === "")) {
+        if (principal == null && (origin == null || origin === "")) {
             this.metrics.requestRefused("unauthorized");
             refuseUpgrade(socket, "unauthorized", "missing bearer token (Authorization: Bearer ...)");
             return;
         }
+        if (principal != null)
+            setPrincipal(req, principal);
         const client = clientAddress(req, this.opts.trustProxy === true);
-        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, authenticated, client));
+        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, principal, client));
     }
 
-    private onConnection(ws: WebSocket, authenticated: boolean, client: string): void {
+    private onConnection(ws: WebSocket, principal: Principal | null, client: string): void {
         this.metrics.websocketOpened();
         this.alive.set(ws, true);
         ws.on("pong", () => this.alive.set(ws, true));
         const session = new WsSession(ws, this.scheduler, this.metrics, this.log, {
-            apiKey: this.opts.apiKey,
-            authenticated,
+            keys: this.opts.keys,
+            principal,
             maxRequestsPerSocket: this.opts.maxRequestsPerSocket,
             maxMessageBytes: this.opts.maxMessageBytes,
             maxBufferedBytes: this.opts.maxBufferedBytes,

@@ -9,9 +9,9 @@ import { describeSchemaError, validators } from "../protocol/schemas.js";
 import {
     wsProtocolVersion, type WsChatMessage, type WsFinalMessage, type WsServerMessage
 } from "../protocol/ws-messages.js";
-import { requestSpec } from "../scheduler/request-spec.js";
+import { newConversationId, requestSpec } from "../scheduler/request-spec.js";
 import type { ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
-import { tokenMatches } from "../http/auth.js";
+import type { KeyRing, Principal } from "../security/api-keys.js";
 import type { RateLimiter } from "../security/rate-limit.js";
 
 /** above this many unsent bytes, deltas are coalesced instead of sent one by one */
@@ -27,8 +27,9 @@ export const wsCloseCodes = {
 } as const;
 
 export type WsSessionOptions = {
-    apiKey: string | null,
-    authenticated: boolean,
+    keys: KeyRing,
+    /** who authenticated at the upgrade (anonymous when the API is open), or null: an `auth` message must */
+    principal: Principal | null,
     maxRequestsPerSocket: number,
     maxMessageBytes: number,
     maxBufferedBytes: number,
@@ -52,7 +53,7 @@ type InFlight = {
 
 export class WsSession {
     private readonly inFlight = new Map<string, InFlight>();
-    private authenticated: boolean;
+    private principal: Principal | null;
     private closed = false;
     private flushTimer: NodeJS.Timeout | null = null;
     private authTimer: NodeJS.Timeout | null = null;
@@ -64,16 +65,16 @@ export class WsSession {
         private readonly log: Logger,
         private readonly opts: WsSessionOptions
     ) {
-        this.authenticated = opts.authenticated || opts.apiKey == null;
+        this.principal = opts.principal;
         ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
         ws.on("close", () => this.onClose());
         ws.on("error", (err) => this.log.debug("websocket error", { error: err.message }));
         // nothing about the server before authentication, not even the model's name
         this.send({
-            type: "hello", protocol: wsProtocolVersion, model: this.authenticated ? opts.modelName() : null,
-            auth_required: !this.authenticated, max_message_bytes: opts.maxMessageBytes
+            type: "hello", protocol: wsProtocolVersion, model: this.principal != null ? opts.modelName() : null,
+            auth_required: this.principal == null, max_message_bytes: opts.maxMessageBytes
         });
-        if (!this.authenticated) {
+        if (this.principal == null) {
             this.authTimer = setTimeout(() => this.refuse("no auth message within 10 s"), authTimeoutMs);
             this.authTimer.unref();
         }
@@ -126,10 +127,10 @@ export class WsSession {
         // own properties only: "constructor" or "__proto__" must not find Object's methods
         const validate = Object.hasOwn(validators.wsClient, record.type) ? validators.wsClient[record.type] : undefined;
         if (validate == null) {
-            this.sendError(id, "unknown_type", `unknown message type ${quote(record.type)}; known: chat, cancel, auth, ping`);
+            this.sendError(id, "unknown_type", `unknown message type ${quote(record.type)}; known: chat, cancel, new_conversation, auth, ping`);
             return;
         }
-        if (!this.authenticated && record.type !== "auth") {
+        if (this.principal == null && record.type !== "auth") {
             this.refuse("authenticate first: send {\"type\":\"auth\",\"token\":\"...\"} or connect with an Authorization header");
             return;
         }
@@ -148,6 +149,9 @@ export class WsSession {
             case "ping":
                 this.send({ type: "pong", id });
                 return;
+            case "new_conversation":
+                this.send({ type: "conversation", id, conversation_id: newConversationId() });
+                return;
             case "cancel":
                 this.onCancel(record.id as string);
                 return;
@@ -158,21 +162,28 @@ export class WsSession {
     }
 
     private onAuth(token: string): void {
-        if (this.opts.apiKey != null && !tokenMatches(token, this.opts.apiKey)) {
-            this.refuse("wrong token");
-            return;
+        if (!this.opts.keys.apiOpen) {
+            const principal = this.opts.keys.identify(token);
+            if (principal == null) {
+                this.refuse("wrong token");
+                return;
+            }
+            if (principal.role === "metrics") {
+                this.refuse(`the key "${principal.name}" (role metrics) may read /metrics only`, "forbidden");
+                return;
+            }
+            this.principal = principal;
         }
-        this.authenticated = true;
         if (this.authTimer != null)
             clearTimeout(this.authTimer);
         this.send({ type: "auth_ok" });
     }
 
-    private refuse(why: string): void {
-        this.sendError(null, "unauthorized", why);
-        this.metrics.requestRefused("unauthorized");
+    private refuse(why: string, code: "unauthorized" | "forbidden" = "unauthorized"): void {
+        this.sendError(null, code, why);
+        this.metrics.requestRefused(code);
         this.closed = true;
-        this.ws.close(wsCloseCodes.policyViolation, "unauthorized");
+        this.ws.close(wsCloseCodes.policyViolation, code);
     }
 
     private onCancel(id: string): void {
@@ -207,7 +218,7 @@ export class WsSession {
         const entry: InFlight = { request: null, seq: 0, pendingText: "", pendingTokens: 0 };
         this.inFlight.set(id, entry);
         try {
-            entry.request = this.scheduler.submit(requestSpec(input, message, message.conversation_id), {
+            entry.request = this.scheduler.submit(requestSpec(input, message, message.conversation_id, this.principal!.name), {
                 onDelta: (text, tokens) => this.delta(id, entry, text, tokens),
                 onFinal: (result) => {
                     this.flushEntry(id, entry);
