@@ -96,7 +96,7 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
             keepkv_version: info.keepKvVersion ?? "none"
         });
     });
-    const catalog = new ModelCatalog(effectiveModelsDir(config));
+    const catalog = new ModelCatalog(effectiveModelsDir(config), [modelPath]);
     const switcher = new ModelSwitcher(config, catalog, engine, scheduler, metrics, log);
 
     let shuttingDown = false;
