@@ -26,8 +26,8 @@ export const ggufLimits = {
     maxKeyValues: 65_536,
     /** elements of one array (the largest vocabularies have about 262 000 tokens) */
     maxArrayLength: 1 << 24,
-    /** tensors (the largest models have a few thousand) */
-    maxTensors: 1 << 18,
+    /** tensors (the largest models have about two thousand) */
+    maxTensors: 65_536,
     /** strings kept as values; a longer one (a chat template) is kept as its length */
     maxKeptStringBytes: 1024,
     /** numeric arrays kept as values (per-layer head counts); a longer one is kept as its length */
@@ -179,6 +179,19 @@ class BoundedReader {
         return this.take(n, what);
     }
 
+    /** Skips `n` strings (a vocabulary: hundreds of thousands), each length checked; `what` is built only to fail. */
+    skipStrings(n: number, what: () => string): void {
+        for (let j = 0; j < n; j++) {
+            if (this.remaining < 8)
+                this.need(8, `the length of element ${j} of ${what()}`);
+            const b = this.take(8, "");
+            const length = b.readUInt32LE(4) * 4294967296 + b.readUInt32LE(0);
+            if (length > this.remaining)
+                this.need(length, `element ${j} of ${what()}`);
+            this.pos += length;
+        }
+    }
+
     scalar(type: GgufType, what: string): GgufScalar {
         const b = this.take(typeBytes[type]!, what);
         switch (type) {
@@ -273,10 +286,7 @@ export function readGgufHeader(source: ByteSource): GgufHeader {
                 fail("header_limit", `${what}: more than the ${ggufLimits.maxArrayLength} elements allowed`);
             const n = Number(length);
             if (elementType === GgufType.STRING) {
-                for (let j = 0; j < n; j++) {
-                    const stringLength = r.u64(`the length of element ${j} of ${what}`);
-                    r.skip(stringLength, `element ${j} of ${what}`);
-                }
+                r.skipStrings(n, () => what);
                 metadata.set(key, { kind: "array", elementType, length: n, values: null });
             } else if (n <= ggufLimits.maxKeptArrayLength) {
                 keep(n * 8, what);
@@ -310,9 +320,13 @@ export function readGgufHeader(source: ByteSource): GgufHeader {
             fail("corrupt_header", `general.alignment ${alignment} is not a power of 2`);
     }
 
+    // llama.cpp requires the tensors to follow each other in order, each padded to the alignment, so their
+    // offsets are checked as they come (against the data section's start, which is known only at the end)
+    const pad = (n: bigint) => (n + BigInt(alignment) - 1n) / BigInt(alignment) * BigInt(alignment);
     const names = new Set<string>();
-    const tensors: { name: string, offset: bigint, bytes: bigint }[] = [];
     let parameters = 0;
+    let expected = 0n;
+    let lastEnd = 0n;
     for (let i = 0; i < Number(tensorCount); i++) {
         const nameLength = r.u64(`the name length of tensor ${i}`);
         if (nameLength >= BigInt(maxTensorName))
@@ -341,25 +355,21 @@ export function readGgufHeader(source: ByteSource): GgufHeader {
         if ((dims[0] ?? 1n) % BigInt(block[0]) !== 0n)
             fail("corrupt_header", `tensor "${name}" has ${dims[0] ?? 1n} elements per row, not a multiple of its type's block size ${block[0]}`);
         const offset = r.u64(`the data offset of tensor "${name}"`);
-        tensors.push({ name, offset, bytes: elements / BigInt(block[0]) * BigInt(block[1]) });
+        if (offset !== expected)
+            fail("corrupt_header", `tensor "${name}" has data offset ${offset}, expected ${expected}`);
+        const bytes = elements / BigInt(block[0]) * BigInt(block[1]);
+        lastEnd = offset + bytes;
+        expected += pad(bytes);
         parameters += Number(elements);
     }
 
-    const pad = (n: bigint) => (n + BigInt(alignment) - 1n) / BigInt(alignment) * BigInt(alignment);
-    const dataOffset = tensors.length > 0 ? pad(BigInt(r.pos)) : BigInt(r.pos);
-    // llama.cpp requires the tensors to follow each other in order, each padded to the alignment
-    let expected = 0n;
-    let dataEnd = dataOffset;
-    for (const tensor of tensors) {
-        if (tensor.offset !== expected)
-            fail("corrupt_header", `tensor "${tensor.name}" has data offset ${tensor.offset}, expected ${expected}`);
-        dataEnd = dataOffset + tensor.offset + tensor.bytes;
-        expected += pad(tensor.bytes);
-    }
+    const count = Number(tensorCount);
+    const dataOffset = count > 0 ? pad(BigInt(r.pos)) : BigInt(r.pos);
+    const dataEnd = dataOffset + lastEnd;
     if (dataEnd > BigInt(source.size))
         fail("truncated_data", `truncated: the tensors need ${dataEnd} bytes, the file has ${source.size}`);
     return {
-        version, metadata, alignment, tensorCount: tensors.length, parameters,
+        version, metadata, alignment, tensorCount: count, parameters,
         dataOffset: Number(dataOffset), dataEnd: Number(dataEnd)
     };
 }

@@ -156,8 +156,10 @@ function fromHeader(base: Base, header: GgufHeader): ModelInspection {
     };
 }
 
-function toInspection(file: string, report: HeaderReport): ModelInspection {
-    const base: Base = { id: path.basename(file), path: file, sizeBytes: report.size, modifiedMs: report.mtimeMs };
+function toInspection(file: string, stat: fs.Stats, report: HeaderReport): ModelInspection {
+    // the reader's own fstat when it got that far (the file it read), else the stat that keyed the cache
+    const known = report.ok || report.code !== "inspection_failed";
+    const base: Base = { id: path.basename(file), path: file, sizeBytes: known ? report.size : stat.size, modifiedMs: known ? report.mtimeMs : stat.mtimeMs };
     if (!report.ok)
         return invalid(described(base), report.code, report.message);
     return fromHeader(base, report.header);
@@ -171,15 +173,15 @@ const maxCached = 4096;
 
 export async function inspectModelFile(file: string): Promise<ModelInspection> {
     const resolved = path.resolve(file);
-    let key: string;
+    let stat: fs.Stats;
     try {
-        const stat = fs.statSync(resolved);
-        key = `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}`;
+        stat = fs.statSync(resolved);
     } catch (err) {
         cache.delete(resolved);
         return invalid(described({ id: path.basename(resolved), path: resolved, sizeBytes: 0, modifiedMs: 0 }),
             "unreadable", `cannot read the file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
     }
+    const key = `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}`;
     const cached = cache.get(resolved);
     if (cached?.key === key) {
         // most recently used last: the first entry is the one to drop
@@ -187,10 +189,15 @@ export async function inspectModelFile(file: string): Promise<ModelInspection> {
         cache.set(resolved, cached);
         return await cached.inspection;
     }
-    const inspection = inspector.read(resolved).then((report) => toInspection(resolved, report));
+    const inspection = inspector.read(resolved).then((report) => toInspection(resolved, stat, report));
     cache.delete(resolved);
     cache.set(resolved, { key, inspection });
     while (cache.size > maxCached)
         cache.delete(cache.keys().next().value!);
     return await inspection;
+}
+
+/** Stops the reader process (at shutdown; it would also exit on its own when the server's process ends). */
+export function closeModelInspector(): void {
+    inspector.close();
 }

@@ -1,8 +1,7 @@
-// The worker thread of gguf-inspector.ts: opens one model file at a time and reads its header with the
+// The child process of gguf-inspector.ts: opens one model file at a time and reads its header with the
 // bounded reader. It runs under a heap limit and a time limit set by the inspector, so even a bug in the
-// reader costs this thread, never the server.
+// reader costs this process, never the server. It exits when the server goes (its IPC channel closes).
 import * as fs from "node:fs";
-import { parentPort } from "node:worker_threads";
 import { fileSource, GgufFormatError, readGgufHeader } from "./gguf-header.js";
 import type { HeaderReport, HeaderRequest } from "./gguf-inspector.js";
 
@@ -35,6 +34,8 @@ function readReport(file: string): HeaderReport {
     }
 }
 
-parentPort!.on("message", (request: HeaderRequest) => {
-    parentPort!.postMessage({ id: request.id, report: readReport(request.file) });
+process.on("message", (request: HeaderRequest) => {
+    process.send!({ id: request.id, report: readReport(request.file) });
 });
+process.on("disconnect", () => process.exit(0));
+process.send!({ ready: true });
