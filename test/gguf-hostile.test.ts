@@ -17,6 +17,7 @@ import { GgufInspector } from "../server/models/gguf-inspector.js";
 import { modelFileErrorCodes } from "../server/protocol/model-file-errors.js";
 import { ggufCase, loadFixture } from "./helpers/gguf-fuzz.js";
 import type { FuzzJob, FuzzResult } from "./helpers/gguf-fuzz-process.js";
+import { repoRoot } from "../scripts/lib/paths.js";
 import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
 
 const totalCases = Number(process.env.KEEPKV_GGUF_FUZZ_CASES ?? 10_000);
@@ -122,6 +123,8 @@ describe("hostile model files", function () {
             assert.match(refused.body.error.message, /array of 281474976710656 strings/);
             assert.match(refused.body.error.message, /still serving "stories3M-q8_0.gguf"/);
             assert.equal((await httpJson(`${server.url}/health`)).status, 200);
+            const published = (await httpJson(`${server.url}/v1/schemas`)).body.modelFileErrorCodes;
+            assert.deepEqual(published, modelFileErrorCodes);
         });
     });
 
@@ -274,5 +277,13 @@ describe("the GGUF header reader under fuzzing", function () {
         } finally {
             fs.rmSync(dir, { recursive: true, force: true });
         }
+    });
+});
+
+describe("the model file error codes", function () {
+    it("docs/server.md lists each with its description, as declared", function () {
+        const doc = fs.readFileSync(path.join(repoRoot, "docs", "server.md"), "utf8");
+        for (const [code, meaning] of Object.entries(modelFileErrorCodes))
+            assert.ok(doc.includes(`| \`${code}\` | ${meaning} |`), `docs/server.md: no row "| \`${code}\` | ${meaning} |"`);
     });
 });

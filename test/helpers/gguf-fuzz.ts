@@ -295,7 +295,8 @@ function crafted(rng: GgufRng): GgufCase {
     const header = w.bytes();
     // the tensor data: present (as sparse zeros), short, or missing
     const dataStart = Math.ceil(header.length / 32) * 32;
-    const full = dataStart + Number(offset > 2n ** 40n ? 0n : offset);
+    // (a negative or absurd total, from a hostile shape, gets no data: files stay under 16 GiB, sparse)
+    const full = dataStart + Number(offset < 0n || offset > 2n ** 34n ? 0n : offset);
     const size = rng.pick([full, full, header.length, Math.max(header.length, full - 1)]);
     return { note: `crafted (${nKv} pairs, ${nTensors} tensors${notes.length > 0 ? `; ${notes.join(", ")}` : ""})`, bytes: header, size, expect: null };
 }
