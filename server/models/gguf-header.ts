@@ -108,6 +108,11 @@ const maxDims = 4; // GGML_MAX_DIMS
 const maxTensorName = 64; // GGML_MAX_NAME, with its terminating zero
 const int64Max = 2n ** 63n - 1n;
 
+/** A key or name from the file, in a message: JSON-quoted (control characters escaped), at most 64 characters. */
+export function quote(text: string): string {
+    return JSON.stringify(text.length > 64 ? `${text.slice(0, 64)}...` : text);
+}
+
 function fail(code: GgufErrorCode, message: string): never {
     throw new GgufFormatError(code, message);
 }
@@ -268,18 +273,18 @@ export function readGgufHeader(source: ByteSource): GgufHeader {
         const key = utf8.decode(r.bytes(Number(keyLength), `key ${i}`));
         keep(key.length, `key ${i}`);
         if (metadata.has(key))
-            fail("corrupt_header", `duplicate key "${key}"`);
-        const type = r.u32(`the type of "${key}"`) as GgufType;
+            fail("corrupt_header", `duplicate key ${quote(key)}`);
+        const type = r.u32(`the type of ${quote(key)}`) as GgufType;
         if (type >= typeCount)
-            fail("corrupt_header", `"${key}" has an invalid GGUF type ${type}`);
+            fail("corrupt_header", `${quote(key)} has an invalid GGUF type ${type}`);
         if (type === GgufType.ARRAY) {
-            const elementType = r.u32(`the element type of "${key}"`) as GgufType;
+            const elementType = r.u32(`the element type of ${quote(key)}`) as GgufType;
             if (elementType >= typeCount)
-                fail("corrupt_header", `"${key}" is an array of an invalid GGUF type ${elementType}`);
+                fail("corrupt_header", `${quote(key)} is an array of an invalid GGUF type ${elementType}`);
             if (elementType === GgufType.ARRAY)
-                fail("corrupt_header", `"${key}" is an array of arrays (llama.cpp refuses nested arrays)`);
-            const length = r.u64(`the length of "${key}"`);
-            const what = `"${key}", an array of ${length} ${typeNames[elementType]}s`;
+                fail("corrupt_header", `${quote(key)} is an array of arrays (llama.cpp refuses nested arrays)`);
+            const length = r.u64(`the length of ${quote(key)}`);
+            const what = `${quote(key)}, an array of ${length} ${typeNames[elementType]}s`;
             // strings take at least their 8-byte length each
             r.need(length * BigInt(elementType === GgufType.STRING ? 8 : typeBytes[elementType]!), what);
             if (length > BigInt(ggufLimits.maxArrayLength))
@@ -299,15 +304,15 @@ export function readGgufHeader(source: ByteSource): GgufHeader {
                 metadata.set(key, { kind: "array", elementType, length: n, values: null });
             }
         } else if (type === GgufType.STRING) {
-            const value = readString(`the value of "${key}"`, ggufLimits.maxKeptStringBytes);
+            const value = readString(`the value of ${quote(key)}`, ggufLimits.maxKeptStringBytes);
             if (typeof value === "number")
                 metadata.set(key, { kind: "long-string", length: value });
             else {
-                keep(value.length, `the value of "${key}"`);
+                keep(value.length, `the value of ${quote(key)}`);
                 metadata.set(key, { kind: "scalar", type, value });
             }
         } else
-            metadata.set(key, { kind: "scalar", type, value: r.scalar(type, `the value of "${key}"`) });
+            metadata.set(key, { kind: "scalar", type, value: r.scalar(type, `the value of ${quote(key)}`) });
     }
 
     const alignmentValue = metadata.get("general.alignment");
@@ -333,30 +338,30 @@ export function readGgufHeader(source: ByteSource): GgufHeader {
             fail("corrupt_header", `the name of tensor ${i} is ${nameLength} bytes long, llama.cpp allows at most ${maxTensorName - 1}`);
         const name = utf8.decode(r.bytes(Number(nameLength), `the name of tensor ${i}`));
         if (names.has(name))
-            fail("corrupt_header", `duplicate tensor name "${name}"`);
+            fail("corrupt_header", `duplicate tensor name ${quote(name)}`);
         names.add(name);
-        const nDims = r.u32(`the dimension count of tensor "${name}"`);
+        const nDims = r.u32(`the dimension count of tensor ${quote(name)}`);
         if (nDims > maxDims)
-            fail("corrupt_header", `tensor "${name}" has ${nDims} dimensions, llama.cpp allows at most ${maxDims}`);
+            fail("corrupt_header", `tensor ${quote(name)} has ${nDims} dimensions, llama.cpp allows at most ${maxDims}`);
         const dims: bigint[] = [];
         for (let d = 0; d < nDims; d++) {
-            const dim = r.i64(`dimension ${d} of tensor "${name}"`);
+            const dim = r.i64(`dimension ${d} of tensor ${quote(name)}`);
             if (dim < 0n)
-                fail("corrupt_header", `dimension ${d} of tensor "${name}" is negative (${dim})`);
+                fail("corrupt_header", `dimension ${d} of tensor ${quote(name)} is negative (${dim})`);
             dims.push(dim);
         }
         const elements = dims.reduce((a, d) => a * d, 1n);
         if (elements > int64Max)
-            fail("corrupt_header", `tensor "${name}" has ${elements} elements, more than a 64-bit count`);
-        const ggmlType = r.u32(`the type of tensor "${name}"`);
+            fail("corrupt_header", `tensor ${quote(name)} has ${elements} elements, more than a 64-bit count`);
+        const ggmlType = r.u32(`the type of tensor ${quote(name)}`);
         const block = ggmlBlocks[ggmlType] ?? null;
         if (block == null)
-            fail("corrupt_header", `tensor "${name}" has an unknown or unsupported ggml type ${ggmlType}`);
+            fail("corrupt_header", `tensor ${quote(name)} has an unknown or unsupported ggml type ${ggmlType}`);
         if ((dims[0] ?? 1n) % BigInt(block[0]) !== 0n)
-            fail("corrupt_header", `tensor "${name}" has ${dims[0] ?? 1n} elements per row, not a multiple of its type's block size ${block[0]}`);
-        const offset = r.u64(`the data offset of tensor "${name}"`);
+            fail("corrupt_header", `tensor ${quote(name)} has ${dims[0] ?? 1n} elements per row, not a multiple of its type's block size ${block[0]}`);
+        const offset = r.u64(`the data offset of tensor ${quote(name)}`);
         if (offset !== expected)
-            fail("corrupt_header", `tensor "${name}" has data offset ${offset}, expected ${expected}`);
+            fail("corrupt_header", `tensor ${quote(name)} has data offset ${offset}, expected ${expected}`);
         const bytes = elements / BigInt(block[0]) * BigInt(block[1]);
         lastEnd = offset + bytes;
         expected += pad(bytes);

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import * as nodeLlamaCpp from "node-llama-cpp";
 import type { ModelFileErrorCode } from "../protocol/model-file-errors.js";
-import { type GgufHeader, type GgufScalar, type GgufValue } from "./gguf-header.js";
+import { quote, type GgufHeader, type GgufScalar, type GgufValue } from "./gguf-header.js";
 import { GgufInspector, type HeaderReport } from "./gguf-inspector.js";
 
 /** What the memory estimate needs from the header (engine/memory-estimate.ts). */
@@ -133,7 +133,7 @@ function fromHeader(base: Base, header: GgufHeader): ModelInspection {
     if (architecture == null)
         return invalid(what, "no_architecture", "the GGUF metadata has no general.architecture");
     if (!knownArchitectures.has(architecture))
-        return invalid(what, "unsupported_architecture", `unsupported architecture "${architecture}" (not known to this llama.cpp)`);
+        return invalid(what, "unsupported_architecture", `unsupported architecture ${quote(architecture)} (not known to this llama.cpp)`);
     if (header.tensorCount === 0)
         return invalid(what, "no_tensors", "the file has no tensors (a vocabulary-only GGUF?)");
 

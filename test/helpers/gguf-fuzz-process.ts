@@ -39,8 +39,8 @@ function run(job: FuzzJob): FuzzResult {
             codes[err.code] = (codes[err.code] ?? 0) + 1;
             if (!(err.code in modelFileErrorCodes))
                 failures.push(`${where}: undocumented code ${err.code}`);
-            if (err.message.length === 0)
-                failures.push(`${where}: ${err.code} without a message`);
+            if (err.message.length === 0 || err.message.length > 500)
+                failures.push(`${where}: ${err.code} with a message of ${err.message.length} characters`);
             if (c.expect != null && !c.expect.includes(err.code))
                 failures.push(`${where}: ${err.code} (${err.message}), expected ${c.expect.join(" or ")}`);
         }
