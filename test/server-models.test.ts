@@ -99,6 +99,7 @@ describe("model drop-in", function () {
         assert.deepEqual([outside.valid, outside.error_code], [false, "outside_models_dir"], JSON.stringify(outside));
         assert.match(outside.error!, /outside the models directory/);
         assert.equal(outside.architecture, null, "nothing of the file outside is read");
+        assert.notEqual(outside.size_bytes, fs.statSync(smokeModelPath()).size, "nor its size told");
         assert.equal(list.get("dangling.gguf")!.error_code, "unreadable");
         assert.equal(list.get("folder.gguf")!.error_code, "not_a_file");
         assert.equal(list.get("fifo.gguf")!.error_code, "not_a_file");

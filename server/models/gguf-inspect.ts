@@ -69,12 +69,15 @@ function invalid(what: Described, code: ModelFileErrorCode, error: string): Mode
     return { ...what, valid: false, error, errorCode: code, keepKvSupported: false, keepKvReason: "the file is not a usable model" };
 }
 
-/** An invalid entry for a file refused before its header is read (a path outside the models folder). */
+/**
+ * An invalid entry for a file refused before its header is read (a link to outside the models folder): its
+ * size and time are the link's own, so that nothing of the file it points to is told.
+ */
 export function refusedModelFile(file: string, code: ModelFileErrorCode, error: string): ModelInspection {
     const resolved = path.resolve(file);
     let stat: fs.Stats | null = null;
     try {
-        stat = fs.statSync(resolved);
+        stat = fs.lstatSync(resolved);
     } catch {
         stat = null;
     }

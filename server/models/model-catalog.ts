@@ -42,8 +42,9 @@ export class ModelCatalog {
         if (real != null && !this.isTrusted(real)) {
             const dir = realPath(this.dir) ?? path.resolve(this.dir);
             if (!real.startsWith(dir + path.sep))
+                // no paths in the message: it goes to API clients, and the operator can read the link
                 return refusedModelFile(resolved, "outside_models_dir",
-                    `its real path ${real} is outside the models directory ${dir} (copy the file into it, or point --models-dir at its folder)`);
+                    "a link to a file outside the models directory (copy the file into it, or point --models-dir at its folder)");
             if (!isGguf(resolved))
                 return refusedModelFile(resolved, "not_gguf", "not a .gguf file");
         }
