@@ -14,7 +14,7 @@ import { createApp } from "./http/app.js";
 import type { Logger } from "./logger.js";
 import { ServerMetrics } from "./metrics/metrics.js";
 import { engineSettingsFor } from "./models/engine-settings.js";
-import { inspectModelFile } from "./models/gguf-inspect.js";
+import { closeModelInspector, inspectModelFile } from "./models/gguf-inspect.js";
 import { ModelCatalog } from "./models/model-catalog.js";
 import { ModelSwitcher } from "./models/model-switcher.js";
 import { openAiErrorBody } from "./protocol/errors.js";
@@ -96,7 +96,7 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
             keepkv_version: info.keepKvVersion ?? "none"
         });
     });
-    const catalog = new ModelCatalog(effectiveModelsDir(config));
+    const catalog = new ModelCatalog(effectiveModelsDir(config), [modelPath]);
     const switcher = new ModelSwitcher(config, catalog, engine, scheduler, metrics, log);
 
     let shuttingDown = false;
@@ -165,6 +165,7 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         gateway.closeAll();
         server.closeIdleConnections();
         await engine.stop(5000);
+        closeModelInspector();
         setTimeout(() => server.closeAllConnections(), 1000).unref();
         await closed;
         log.info("stopped");

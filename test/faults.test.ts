@@ -425,7 +425,8 @@ describe("faults: a context that cannot be allocated", function () {
         before(async function () {
             dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-switch-"));
             fs.symlinkSync(testModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
-            fs.symlinkSync(smokeModelPath(), path.join(dir, "stories260K.gguf"));
+            // a copy: a model switch accepts only files whose real path is in the models folder
+            fs.copyFileSync(smokeModelPath(), path.join(dir, "stories260K.gguf"));
             // 64 sequences of the model's own context: stories3M (512 tokens) fits the limit, stories260K
             // (2048 tokens per sequence) does not, beside it
             server = await startServer({

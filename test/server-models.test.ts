@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -8,16 +9,27 @@ import { httpJson, startServer, type ServerHandle } from "./helpers/server-proce
 import { WsTestClient } from "./helpers/ws-client.js";
 import type { WsFinalMessage } from "../server/protocol/ws-messages.js";
 
-type ModelEntry = { id: string, valid: boolean, error: string | null, loaded: boolean, architecture: string | null, context_length: number | null, size_bytes: number, keepkv_supported: boolean };
+type ModelEntry = { id: string, valid: boolean, error: string | null, error_code: string | null, loaded: boolean, architecture: string | null, context_length: number | null, size_bytes: number, keepkv_supported: boolean };
 
 describe("model drop-in", function () {
     let dir: string;
+    let outsideDir: string;
     let server: ServerHandle;
 
     before(async function () {
         dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-models-"));
+        // the startup model may be a link to anywhere (the operator named it); any other file must lie in the folder
         fs.symlinkSync(testModelPath(), path.join(dir, "stories3M-q8_0.gguf"));
-        fs.symlinkSync(smokeModelPath(), path.join(dir, "stories260K.gguf"));
+        fs.copyFileSync(smokeModelPath(), path.join(dir, "stories260K.gguf"));
+        fs.symlinkSync(path.join(dir, "stories260K.gguf"), path.join(dir, "link-inside.gguf"));
+        outsideDir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-elsewhere-"));
+        fs.copyFileSync(smokeModelPath(), path.join(outsideDir, "elsewhere.gguf"));
+        fs.symlinkSync(path.join(outsideDir, "elsewhere.gguf"), path.join(dir, "link-outside.gguf"));
+        fs.symlinkSync(path.join(dir, "nothing-there"), path.join(dir, "dangling.gguf"));
+        fs.mkdirSync(path.join(dir, "folder.gguf"));
+        assert.equal(spawnSync("mkfifo", [path.join(dir, "fifo.gguf")]).status, 0);
+        fs.writeFileSync(path.join(dir, "empty.gguf"), "");
+        fs.copyFileSync(smokeModelPath(), path.join(dir, "not-a-gguf-name.bin"));
         // a download cut in the middle: the header is intact, the tensor data is not
         const full = fs.readFileSync(testModelPath());
         fs.writeFileSync(path.join(dir, "truncated.gguf"), full.subarray(0, Math.floor(full.length / 2)));
@@ -36,6 +48,7 @@ describe("model drop-in", function () {
     after(async function () {
         await server?.stop();
         fs.rmSync(dir, { recursive: true, force: true });
+        fs.rmSync(outsideDir, { recursive: true, force: true });
     });
 
     async function models(): Promise<Map<string, ModelEntry>> {
@@ -57,9 +70,11 @@ describe("model drop-in", function () {
     it("lists every .gguf with size, architecture, context length and KeepKV support; bad files as invalid with a reason", async function () {
         const list = await models();
         assert.deepEqual([...list.keys()].sort(),
-            ["header-cut.gguf", "notes.gguf", "stories260K.gguf", "stories3M-q8_0.gguf", "truncated.gguf", "unsupported.gguf"]);
+            ["dangling.gguf", "empty.gguf", "fifo.gguf", "folder.gguf", "header-cut.gguf", "link-inside.gguf", "link-outside.gguf", "notes.gguf",
+                "stories260K.gguf", "stories3M-q8_0.gguf", "truncated.gguf", "unsupported.gguf"]);
         assert.equal(list.get("unsupported.gguf")!.valid, false);
         assert.match(list.get("unsupported.gguf")!.error!, /unsupported architecture "zzzzz"/);
+        assert.equal(list.get("unsupported.gguf")!.error_code, "unsupported_architecture");
         const main = list.get("stories3M-q8_0.gguf")!;
         assert.equal(main.valid, true);
         assert.equal(main.loaded, true);
@@ -69,17 +84,33 @@ describe("model drop-in", function () {
         assert.equal(main.size_bytes, fs.statSync(testModelPath()).size);
         assert.equal(list.get("stories260K.gguf")!.valid, true);
         assert.equal(list.get("stories260K.gguf")!.loaded, false);
+        assert.equal(list.get("stories260K.gguf")!.error_code, null);
         assert.equal(list.get("truncated.gguf")!.valid, false);
         assert.match(list.get("truncated.gguf")!.error!, /truncated/);
+        assert.equal(list.get("truncated.gguf")!.error_code, "truncated_data");
         assert.equal(list.get("header-cut.gguf")!.valid, false);
-        assert.match(list.get("header-cut.gguf")!.error!, /truncated or corrupt/);
+        assert.match(list.get("header-cut.gguf")!.error!, /needs \d+ bytes, the file has 5000/);
+        assert.equal(list.get("header-cut.gguf")!.error_code, "truncated_header");
         assert.equal(list.get("notes.gguf")!.valid, false);
         assert.match(list.get("notes.gguf")!.error!, /not a GGUF/);
+        assert.equal(list.get("notes.gguf")!.error_code, "not_gguf");
+        assert.equal(list.get("link-inside.gguf")!.valid, true, JSON.stringify(list.get("link-inside.gguf")));
+        const outside = list.get("link-outside.gguf")!;
+        assert.deepEqual([outside.valid, outside.error_code], [false, "outside_models_dir"], JSON.stringify(outside));
+        assert.match(outside.error!, /outside the models directory/);
+        assert.equal(outside.architecture, null, "nothing of the file outside is read");
+        assert.notEqual(outside.size_bytes, fs.statSync(smokeModelPath()).size, "nor its size told");
+        assert.equal(list.get("dangling.gguf")!.error_code, "unreadable");
+        assert.equal(list.get("folder.gguf")!.error_code, "not_a_file");
+        assert.equal(list.get("fifo.gguf")!.error_code, "not_a_file");
+        assert.equal(list.get("empty.gguf")!.error_code, "not_gguf");
     });
 
     it("selecting a bad file gives a clear error and the previous model keeps serving", async function () {
-        for (const [file, reason] of [["truncated.gguf", /truncated/], ["notes.gguf", /not a GGUF/], ["header-cut.gguf", /GGUF/],
-            ["unsupported.gguf", /unsupported architecture/]] as const) {
+        const bad = [["truncated.gguf", /truncated/], ["notes.gguf", /not a GGUF/], ["header-cut.gguf", /needs \d+ bytes/],
+            ["unsupported.gguf", /unsupported architecture/], ["link-outside.gguf", /outside the models directory/],
+            ["fifo.gguf", /not a regular file/], ["not-a-gguf-name.bin", /not a \.gguf file/]] as const;
+        for (const [file, reason] of bad) {
             const { status, body } = await httpJson(`${server.url}/admin/model`, { body: { model: file } });
             assert.equal(status, 400, JSON.stringify(body));
             assert.equal(body.error.code, "invalid_model");
@@ -98,7 +129,7 @@ describe("model drop-in", function () {
         assert.equal(malformed.body.error.code, "invalid_message");
         assert.equal((await models()).get("stories3M-q8_0.gguf")!.loaded, true);
         const metrics = await (await fetch(`${server.url}/metrics`)).text();
-        assert.match(metrics, /keepkv_model_loads_total\{result="failure"\} 4/);
+        assert.match(metrics, new RegExp(`keepkv_model_loads_total\\{result="failure"\\} ${bad.length}`));
     });
 
     it("switches to another valid model, which then serves", async function () {

@@ -130,7 +130,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     modelsDir: {
         group: "model", schema: { type: "string" }, default: "",
         defaultDoc: "the model's folder",
-        doc: "Folder scanned for `.gguf` files (`GET /v1/models`); models selected at runtime must be in it."
+        doc: "Folder scanned for `.gguf` files (`GET /v1/models`); models selected at runtime must be in it, and so must the real path of a link (a link to a file elsewhere is listed as invalid, `outside_models_dir`)."
     },
     contextSize: {
         group: "model", schema: { type: "integer", minimum: 0 }, default: 0,

@@ -5,8 +5,8 @@
 // the server estimates what a start or a model switch needs from the GGUF header and refuses one that
 // cannot fit, with the numbers and the options to change.
 import * as fs from "node:fs";
-import { readGgufFileInfo } from "node-llama-cpp";
 import type { KvCacheType } from "../config/options.js";
+import { inspectModelFile } from "../models/gguf-inspect.js";
 import { readBuildManifest } from "../../scripts/lib/build-key.js";
 import type { EngineModelSettings } from "./ipc.js";
 
@@ -28,21 +28,7 @@ export type MemoryEstimate = {
     cellsDoc: string
 };
 
-type ArchMeta = {
-    embedding_length?: number,
-    block_count?: number,
-    attention?: { head_count?: number | number[], head_count_kv?: number | number[], key_length?: number, value_length?: number }
-};
-
 const pad = (n: number, to: number) => Math.ceil(n / to) * to;
-
-function firstNumber(value: number | number[] | undefined): number | null {
-    if (typeof value === "number")
-        return value;
-    if (Array.isArray(value) && value.length > 0)
-        return Math.max(...value);
-    return null;
-}
 
 /** Cells each sequence gets: its logical context, or with a KeepKV budget the budget. */
 export function cellsPerSequence(settings: EngineModelSettings): { cells: number, doc: string, budgeted: boolean } {
@@ -57,21 +43,16 @@ export function cellsPerSequence(settings: EngineModelSettings): { cells: number
 
 /** What loading `settings.modelPath` with these settings needs; null when the header does not say. */
 export async function estimateMemory(settings: EngineModelSettings): Promise<MemoryEstimate | null> {
-    let info;
-    try {
-        info = await readGgufFileInfo(settings.modelPath, { logWarnings: false, spliceSplitFiles: false, sourceType: "filesystem" });
-    } catch {
+    // the header as the bounded reader in its worker saw it: node-llama-cpp's reader trusts the counts
+    const shape = (await inspectModelFile(settings.modelPath)).shape;
+    const nEmbd = shape?.embeddingLength;
+    const nLayer = shape?.blockCount;
+    const nHead = shape?.headCount;
+    if (shape == null || nEmbd == null || nLayer == null || nHead == null || nHead <= 0)
         return null;
-    }
-    const arch = info.architectureMetadata as ArchMeta | undefined;
-    const nEmbd = arch?.embedding_length;
-    const nLayer = arch?.block_count;
-    const nHead = firstNumber(arch?.attention?.head_count);
-    if (nEmbd == null || nLayer == null || nHead == null || nHead <= 0)
-        return null;
-    const nHeadKv = firstNumber(arch?.attention?.head_count_kv) ?? nHead;
-    const keyLength = arch?.attention?.key_length ?? nEmbd / nHead;
-    const valueLength = arch?.attention?.value_length ?? nEmbd / nHead;
+    const nHeadKv = shape.headCountKv ?? nHead;
+    const keyLength = shape.keyLength ?? nEmbd / nHead;
+    const valueLength = shape.valueLength ?? nEmbd / nHead;
     const perCell = nLayer * nHeadKv * (keyLength * cacheTypeBytes[settings.cacheTypeK] + valueLength * cacheTypeBytes[settings.cacheTypeV]);
 
     const { cells, doc, budgeted } = cellsPerSequence(settings);
@@ -81,7 +62,7 @@ export async function estimateMemory(settings: EngineModelSettings): Promise<Mem
     const kvCells = cellsPerStream * settings.sequences;
     const kvBytes = kvCells * perCell;
     const batch = Math.max(settings.batchSize, settings.sequences);
-    const vocab = Array.isArray(info.metadata?.tokenizer?.ggml?.tokens) ? info.metadata.tokenizer.ggml.tokens.length : 32_000;
+    const vocab = shape.vocabularySize ?? 32_000;
     // without flash attention the scores of a batch over a whole stream are materialized (f32)
     const scores = settings.flashAttention === "on" ? 0 : nHead * cellsPerStream * batch * 4;
     const computeBytes = scores + vocab * batch * 4;

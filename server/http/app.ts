@@ -251,6 +251,7 @@ export function createApp(deps: AppDeps): express.Express {
             loaded: serving != null && serving.modelPath === m.path,
             valid: m.valid,
             error: m.error,
+            error_code: m.errorCode,
             size_bytes: m.sizeBytes,
             architecture: m.architecture,
             name: m.name,

@@ -1,11 +1,25 @@
-// Looks at a model file without loading it (node-llama-cpp's pure-JS GGUF reader, no native code): is it
-// a GGUF, is it complete, which architecture and context, and can KeepKV compress its cache. The server
-// runs this before handing a file to the engine, so a bad file is refused with a reason instead of
-// reaching llama.cpp.
+// Looks at a model file without loading it: is it a GGUF, is it complete, which architecture and context,
+// and can KeepKV compress its cache. The header is read by a bounded reader in a worker thread
+// (gguf-inspector.ts), so a hostile file costs that worker, not the server. The server runs this before
+// handing a file to the engine, so a bad file is refused with a reason instead of reaching llama.cpp.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import * as nodeLlamaCpp from "node-llama-cpp";
-import { GgmlType, readGgufFileInfo, type GgufTensorInfo } from "node-llama-cpp";
+import type { ModelFileErrorCode } from "../protocol/model-file-errors.js";
+import { quote, type GgufHeader, type GgufScalar, type GgufValue } from "./gguf-header.js";
+import { GgufInspector, type HeaderReport } from "./gguf-inspector.js";
+
+/** What the memory estimate needs from the header (engine/memory-estimate.ts). */
+export type ModelShape = {
+    embeddingLength: number | null,
+    blockCount: number | null,
+    /** the largest, when the header gives one per layer */
+    headCount: number | null,
+    headCountKv: number | null,
+    keyLength: number | null,
+    valueLength: number | null,
+    vocabularySize: number | null
+};
 
 export type ModelInspection = {
     /** file name: the model id in the API */
@@ -16,6 +30,8 @@ export type ModelInspection = {
     valid: boolean,
     /** why the file cannot be used (when valid is false) */
     error: string | null,
+    /** the stable code of that reason (server/protocol/model-file-errors.ts) */
+    errorCode: ModelFileErrorCode | null,
     architecture: string | null,
     name: string | null,
     contextLength: number | null,
@@ -24,29 +40,9 @@ export type ModelInspection = {
     hasChatTemplate: boolean,
     keepKvSupported: boolean,
     /** why KeepKV cannot compress this model's cache (when keepKvSupported is false) */
-    keepKvReason: string | null
+    keepKvReason: string | null,
+    shape: ModelShape | null
 };
-
-/** [elements per block, bytes per block] of the ggml tensor types (ggml.c type_traits) */
-const blockSizes: Partial<Record<GgmlType, [number, number]>> = {
-    [GgmlType.F32]: [1, 4], [GgmlType.F16]: [1, 2], [GgmlType.BF16]: [1, 2], [GgmlType.F64]: [1, 8],
-    [GgmlType.I8]: [1, 1], [GgmlType.I16]: [1, 2], [GgmlType.I32]: [1, 4], [GgmlType.I64]: [1, 8],
-    [GgmlType.Q4_0]: [32, 18], [GgmlType.Q4_1]: [32, 20], [GgmlType.Q5_0]: [32, 22], [GgmlType.Q5_1]: [32, 24],
-    [GgmlType.Q8_0]: [32, 34], [GgmlType.Q8_1]: [32, 36], [GgmlType.MXFP4]: [32, 17], [GgmlType.IQ4_NL]: [32, 18],
-    [GgmlType.Q2_K]: [256, 84], [GgmlType.Q3_K]: [256, 110], [GgmlType.Q4_K]: [256, 144], [GgmlType.Q5_K]: [256, 176],
-    [GgmlType.Q6_K]: [256, 210], [GgmlType.Q8_K]: [256, 292], [GgmlType.IQ2_XXS]: [256, 66], [GgmlType.IQ2_XS]: [256, 74],
-    [GgmlType.IQ3_XXS]: [256, 98], [GgmlType.IQ1_S]: [256, 50], [GgmlType.IQ3_S]: [256, 110], [GgmlType.IQ2_S]: [256, 82],
-    [GgmlType.IQ4_XS]: [256, 136], [GgmlType.IQ1_M]: [256, 56], [GgmlType.TQ1_0]: [256, 54], [GgmlType.TQ2_0]: [256, 66]
-};
-
-/** Bytes of a tensor's data, or null for a type this table does not know. */
-function tensorBytes(tensor: GgufTensorInfo): number | null {
-    const size = blockSizes[tensor.ggmlType];
-    if (size == null)
-        return null;
-    const elements = tensor.dimensions.reduce<number>((acc, d) => acc * Number(d), 1);
-    return Math.ceil(elements / size[0]) * size[1];
-}
 
 /**
  * Architectures whose cache is not a plain attention KV cache (recurrent state, or no causal cache):
@@ -62,91 +58,149 @@ const noKvCacheArchitectures = new Set<string>([
 const knownArchitectures = new Set<string>(Object.values(
     (nodeLlamaCpp as unknown as { GgufArchitectureType: Record<string, string> }).GgufArchitectureType));
 
-function invalid(base: Omit<ModelInspection, "valid" | "error" | "keepKvSupported" | "keepKvReason">, error: string): ModelInspection {
-    return { ...base, valid: false, error, keepKvSupported: false, keepKvReason: "the file is not a usable model" };
+type Base = Pick<ModelInspection, "id" | "path" | "sizeBytes" | "modifiedMs">;
+type Described = Omit<ModelInspection, "valid" | "error" | "errorCode" | "keepKvSupported" | "keepKvReason">;
+
+function described(base: Base): Described {
+    return { ...base, architecture: null, name: null, contextLength: null, parameters: null, fileType: null, hasChatTemplate: false, shape: null };
 }
 
-export async function inspectModelFile(file: string): Promise<ModelInspection> {
+function invalid(what: Described, code: ModelFileErrorCode, error: string): ModelInspection {
+    return { ...what, valid: false, error, errorCode: code, keepKvSupported: false, keepKvReason: "the file is not a usable model" };
+}
+
+/**
+ * An invalid entry for a file refused before its header is read (a link to outside the models folder): its
+ * size and time are the link's own, so that nothing of the file it points to is told.
+ */
+export function refusedModelFile(file: string, code: ModelFileErrorCode, error: string): ModelInspection {
     const resolved = path.resolve(file);
-    const base = {
-        id: path.basename(resolved), path: resolved, sizeBytes: 0, modifiedMs: 0, architecture: null, name: null,
-        contextLength: null, parameters: null, fileType: null, hasChatTemplate: false
-    };
-    let stat: fs.Stats;
+    let stat: fs.Stats | null = null;
     try {
-        stat = fs.statSync(resolved);
-    } catch (err) {
-        return invalid(base, `cannot read the file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        stat = fs.lstatSync(resolved);
+    } catch {
+        stat = null;
     }
-    base.sizeBytes = stat.size;
-    base.modifiedMs = stat.mtimeMs;
-    if (!stat.isFile())
-        return invalid(base, "not a regular file");
+    return invalid(described({ id: path.basename(resolved), path: resolved, sizeBytes: stat?.size ?? 0, modifiedMs: stat?.mtimeMs ?? 0 }), code, error);
+}
 
-    const fd = fs.openSync(resolved, "r");
-    const magic = Buffer.alloc(4);
-    try {
-        fs.readSync(fd, magic, 0, 4, 0);
-    } finally {
-        fs.closeSync(fd);
-    }
-    if (magic.toString("latin1") !== "GGUF")
-        return invalid(base, "not a GGUF file (the file does not start with the GGUF magic bytes)");
+function scalar(meta: Map<string, GgufValue>, key: string): GgufScalar | null {
+    const v = meta.get(key);
+    return v?.kind === "scalar" ? v.value : null;
+}
 
-    let info;
-    try {
-        info = await readGgufFileInfo(resolved, { logWarnings: false, spliceSplitFiles: false, sourceType: "filesystem" });
-    } catch (err) {
-        return invalid(base, `invalid GGUF header (truncated or corrupt): ${(err as Error).message}`);
+function num(meta: Map<string, GgufValue>, key: string): number | null {
+    const v = scalar(meta, key);
+    return typeof v === "number" && Number.isFinite(v) ? v : null;
+}
+
+/** A number, or the largest of a numeric array (per-layer head counts). */
+function maxNum(meta: Map<string, GgufValue>, key: string): number | null {
+    const v = meta.get(key);
+    if (v?.kind === "array" && v.values != null && v.values.length > 0) {
+        const numbers = v.values.filter((x): x is number => typeof x === "number" && Number.isFinite(x));
+        return numbers.length > 0 ? Math.max(...numbers) : null;
     }
-    // node-llama-cpp's reader does not notice the end of the file: a header cut short parses into
-    // partial or empty metadata instead of failing, so check that the header fits in the file
-    const headerBytes = info.metadataSize + (info.tensorInfoSize ?? 0);
-    if (headerBytes > stat.size)
-        return invalid(base, `invalid GGUF header (truncated or corrupt): the header needs ${headerBytes} bytes, the file has ${stat.size}`);
-    const general = info.metadata?.general;
-    const architecture = typeof general?.architecture === "string" ? general.architecture : null;
-    const archMeta = info.architectureMetadata as { context_length?: number, attention?: { sliding_window?: number } } | undefined;
-    const withMeta = {
+    return num(meta, key);
+}
+
+function str(meta: Map<string, GgufValue>, key: string): string | null {
+    const v = scalar(meta, key);
+    return typeof v === "string" ? v : null;
+}
+
+function fromHeader(base: Base, header: GgufHeader): ModelInspection {
+    const meta = header.metadata;
+    const architecture = str(meta, "general.architecture");
+    const arch = architecture ?? "";
+    const fileType = scalar(meta, "general.file_type");
+    const tokens = meta.get("tokenizer.ggml.tokens");
+    const what: Described = {
         ...base,
         architecture,
-        name: typeof general?.name === "string" ? general.name : null,
-        contextLength: typeof archMeta?.context_length === "number" ? archMeta.context_length : null,
-        fileType: general?.file_type != null ? String(general.file_type) : null,
-        hasChatTemplate: typeof info.metadata?.tokenizer?.chat_template === "string",
-        parameters: (info.tensorInfo ?? []).reduce((acc, t) => acc + t.dimensions.reduce<number>((a, d) => a * Number(d), 1), 0)
+        name: str(meta, "general.name"),
+        contextLength: num(meta, `${arch}.context_length`),
+        fileType: fileType != null ? String(fileType) : null,
+        hasChatTemplate: typeof scalar(meta, "tokenizer.chat_template") === "string" || meta.get("tokenizer.chat_template")?.kind === "long-string",
+        parameters: header.parameters,
+        shape: {
+            embeddingLength: num(meta, `${arch}.embedding_length`),
+            blockCount: num(meta, `${arch}.block_count`),
+            headCount: maxNum(meta, `${arch}.attention.head_count`),
+            headCountKv: maxNum(meta, `${arch}.attention.head_count_kv`),
+            keyLength: num(meta, `${arch}.attention.key_length`),
+            valueLength: num(meta, `${arch}.attention.value_length`),
+            vocabularySize: tokens?.kind === "array" ? tokens.length : null
+        }
     };
     if (architecture == null)
-        return invalid(withMeta, "the GGUF metadata has no general.architecture");
+        return invalid(what, "no_architecture", "the GGUF metadata has no general.architecture");
     if (!knownArchitectures.has(architecture))
-        return invalid(withMeta, `unsupported architecture "${architecture}" (not known to this llama.cpp)`);
-    const tensors = info.tensorInfo ?? [];
-    if (tensors.length === 0)
-        return invalid(withMeta, "the file has no tensors (a vocabulary-only GGUF?)");
-
-    // the data of every tensor must be inside the file: a truncated download fails here
-    let end = 0;
-    for (const tensor of tensors) {
-        const bytes = tensorBytes(tensor) ?? 1;
-        end = Math.max(end, Number(tensor.fileOffset) + bytes);
-    }
-    if (end > stat.size)
-        return invalid(withMeta, `truncated: the tensors need ${end} bytes, the file has ${stat.size}`);
+        return invalid(what, "unsupported_architecture", `unsupported architecture ${quote(architecture)} (not known to this llama.cpp)`);
+    if (header.tensorCount === 0)
+        return invalid(what, "no_tensors", "the file has no tensors (a vocabulary-only GGUF?)");
 
     // a GGUF that sets {arch}.attention.sliding_window (gemma2/3, cohere2, olmo2...) makes llama.cpp keep only
     // the last window in its sliding-window layers' cache, and the patched llama.cpp refuses KeepKV there; said
     // here so that the server refuses up front (exit code 2, or a refused switch) instead of failing in the engine
-    const slidingWindow = archMeta?.attention?.sliding_window;
-    const swa = typeof slidingWindow === "number" && slidingWindow > 0;
+    const slidingWindow = maxNum(meta, `${architecture}.attention.sliding_window`);
+    const swa = slidingWindow != null && slidingWindow > 0;
     const noKv = noKvCacheArchitectures.has(architecture);
     return {
-        ...withMeta,
+        ...what,
         valid: true,
         error: null,
+        errorCode: null,
         keepKvSupported: !noKv && !swa,
         keepKvReason: noKv ? `"${architecture}" has no attention KV cache to compress`
             : swa ? `"${architecture}" uses sliding-window attention (a ${slidingWindow}-token window), which KeepKV does not support ` +
                 "(it compresses a full attention cache); serve it with --policy off"
                 : null
     };
+}
+
+function toInspection(file: string, stat: fs.Stats, report: HeaderReport): ModelInspection {
+    // the reader's own fstat when it got that far (the file it read), else the stat that keyed the cache
+    const known = report.ok || report.code !== "inspection_failed";
+    const base: Base = { id: path.basename(file), path: file, sizeBytes: known ? report.size : stat.size, modifiedMs: known ? report.mtimeMs : stat.mtimeMs };
+    if (!report.ok)
+        return invalid(described(base), report.code, report.message);
+    return fromHeader(base, report.header);
+}
+
+const inspector = new GgufInspector();
+
+/** Inspections by path, valid while the file's device, inode, size and modification time stay the same. */
+const cache = new Map<string, { key: string, inspection: Promise<ModelInspection> }>();
+const maxCached = 4096;
+
+export async function inspectModelFile(file: string): Promise<ModelInspection> {
+    const resolved = path.resolve(file);
+    let stat: fs.Stats;
+    try {
+        stat = fs.statSync(resolved);
+    } catch (err) {
+        cache.delete(resolved);
+        return invalid(described({ id: path.basename(resolved), path: resolved, sizeBytes: 0, modifiedMs: 0 }),
+            "unreadable", `cannot read the file: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    const key = `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeMs}`;
+    const cached = cache.get(resolved);
+    if (cached?.key === key) {
+        // most recently used last: the first entry is the one to drop
+        cache.delete(resolved);
+        cache.set(resolved, cached);
+        return await cached.inspection;
+    }
+    const inspection = inspector.read(resolved).then((report) => toInspection(resolved, stat, report));
+    cache.delete(resolved);
+    cache.set(resolved, { key, inspection });
+    while (cache.size > maxCached)
+        cache.delete(cache.keys().next().value!);
+    return await inspection;
+}
+
+/** Stops the reader process (at shutdown; it would also exit on its own when the server's process ends). */
+export function closeModelInspector(): void {
+    inspector.close();
 }

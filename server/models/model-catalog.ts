@@ -1,23 +1,35 @@
-// The models folder: every `.gguf` file in it, inspected (cached by size and modification time).
+// The models folder: every `.gguf` file in it, inspected (inspections are cached by file, size and
+// modification time in gguf-inspect.ts). Only files whose real path lies inside the folder are accepted:
+// a link in the folder must not make the server open (or list the metadata of) a file elsewhere. The
+// model named at startup is the operator's choice and may lie anywhere.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { inspectModelFile, type ModelInspection } from "./gguf-inspect.js";
+import { inspectModelFile, refusedModelFile, type ModelInspection } from "./gguf-inspect.js";
+
+const isGguf = (name: string) => name.toLowerCase().endsWith(".gguf");
+
+function realPath(file: string): string | null {
+    try {
+        return fs.realpathSync(file);
+    } catch {
+        return null;
+    }
+}
 
 /** Lists and inspects the models folder (not recursive). */
 export class ModelCatalog {
-    private readonly cache = new Map<string, ModelInspection>();
-
-    constructor(readonly dir: string) {}
+    /** @param trusted files named by the configuration (the startup model), accepted wherever they lie */
+    constructor(readonly dir: string, private readonly trusted: readonly string[] = []) {}
 
     async list(extra: readonly string[] = []): Promise<ModelInspection[]> {
         let names: string[] = [];
         try {
-            names = fs.readdirSync(this.dir).filter((n) => n.toLowerCase().endsWith(".gguf")).sort();
+            names = fs.readdirSync(this.dir).filter(isGguf).sort();
         } catch {
             names = [];
         }
         const files = names.map((n) => path.join(this.dir, n));
-        for (const file of extra)
+        for (const file of [...this.trusted, ...extra])
             if (!files.includes(path.resolve(file)))
                 files.push(path.resolve(file));
         return await Promise.all(files.map((f) => this.inspect(f)));
@@ -25,19 +37,22 @@ export class ModelCatalog {
 
     async inspect(file: string): Promise<ModelInspection> {
         const resolved = path.resolve(file);
-        let key: string;
-        try {
-            const stat = fs.statSync(resolved);
-            key = `${stat.size}:${stat.mtimeMs}`;
-        } catch {
-            return await inspectModelFile(resolved);
+        const real = realPath(resolved);
+        // a broken link or a missing file: the inspection says why
+        if (real != null && !this.isTrusted(real)) {
+            const dir = realPath(this.dir) ?? path.resolve(this.dir);
+            if (!real.startsWith(dir + path.sep))
+                // no paths in the message: it goes to API clients, and the operator can read the link
+                return refusedModelFile(resolved, "outside_models_dir",
+                    "a link to a file outside the models directory (copy the file into it, or point --models-dir at its folder)");
+            if (!isGguf(resolved))
+                return refusedModelFile(resolved, "not_gguf", "not a .gguf file");
         }
-        const cached = this.cache.get(resolved);
-        if (cached != null && `${cached.sizeBytes}:${cached.modifiedMs}` === key)
-            return cached;
-        const inspection = await inspectModelFile(resolved);
-        this.cache.set(resolved, inspection);
-        return inspection;
+        return await inspectModelFile(resolved);
+    }
+
+    private isTrusted(real: string): boolean {
+        return this.trusted.some((file) => realPath(file) === real);
     }
 
     /**

@@ -34,7 +34,7 @@ export class ModelSwitcher {
         if (file == null)
             throw new ApiError("model_not_found", `"${id}" is not a file name in the models directory ${this.catalog.dir}`);
         const inspection = await this.catalog.inspect(file);
-        if (inspection.error?.startsWith("cannot read the file") === true)
+        if (inspection.errorCode === "unreadable")
             throw new ApiError("model_not_found", `no model "${id}" in ${this.catalog.dir}`);
         if (!inspection.valid)
             throw this.refused(inspection, inspection.error ?? "invalid model");

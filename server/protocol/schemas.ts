@@ -3,6 +3,7 @@
 // and publishes them at GET /v1/schemas; tests validate the server's own output against them.
 import { Ajv, type ErrorObject, type ValidateFunction } from "ajv";
 import { errorCodes } from "./errors.js";
+import { modelFileErrorCodes } from "./model-file-errors.js";
 import { finishReasons } from "./ws-messages.js";
 
 type Schema = Record<string, unknown>;
@@ -258,7 +259,9 @@ export const schemas = {
         completions: completionBody,
         selectModel: selectModelBody
     },
-    errorCodes: Object.fromEntries(Object.entries(errorCodes).map(([code, spec]) => [code, { httpStatus: spec.status, type: spec.type, doc: spec.doc }]))
+    errorCodes: Object.fromEntries(Object.entries(errorCodes).map(([code, spec]) => [code, { httpStatus: spec.status, type: spec.type, doc: spec.doc }])),
+    /** the `error_code` of an invalid entry of GET /v1/models */
+    modelFileErrorCodes
 };
 
 const ajv = new Ajv({ allErrors: false, strict: false });
