@@ -19,7 +19,7 @@ import { parseArgs } from "node:util";
 import {
     BuildGpu, BuildInputs, BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
 } from "./lib/build-key.js";
-import { isParseArgsError } from "./lib/command-line.js";
+import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./lib/logged-run.js";
 import {
     buildCacheDir, buildManifestPath, llamaPatchesDir, nlcBundlePath, nlcLlamaCppDir, nlcLlamaDir,
@@ -259,7 +259,7 @@ if (process.argv[1] != null && path.resolve(process.argv[1]).replace(/\.ts$/, ".
         if (err instanceof PatchApplyError)
             process.stderr.write(`[keepkv build] error ${err.code}: ${err.message}\n`);
         else if (isParseArgsError(err))
-            process.stderr.write(`[keepkv build] ${err.message}\n${usage}`);
+            process.stderr.write(`[keepkv build] ${describeParseArgsError(err)}\n${usage}`);
         else
             process.stderr.write(`[keepkv build] error: ${err instanceof Error ? err.message : String(err)}\n`);
         process.exitCode = 1;

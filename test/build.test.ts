@@ -200,6 +200,12 @@ describe("build output", function () {
         assert.deepEqual(make.map((l) => /: (\d+) %/.exec(l)?.[1]), ["0", "12", "47", "99", "100"]);
     });
 
+    it("an unknown option is refused with the usage, before anything is built", async function () {
+        const { code, printed } = await runBuildScript(["--frce"]);
+        assert.equal(code, 1, printed);
+        assert.match(printed, /^\[keepkv build\] unknown option --frce\nusage: npm run build:llama/);
+    });
+
     it("a build that is up to date prints a few lines", async function () {
         const { code, printed } = await runBuildScript([]);
         assert.equal(code, 0, printed);

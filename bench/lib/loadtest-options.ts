@@ -1,5 +1,6 @@
 // The load test's options (bench/loadtest.ts), parsed by util.parseArgs.
 import { parseArgs } from "node:util";
+import { describeParseArgsError, isParseArgsError } from "../../scripts/lib/command-line.js";
 import { testModelPath } from "../../server/engine/model-paths.js";
 
 export type LoadTestOptions = {
@@ -104,7 +105,7 @@ export function parseLoadTestArgs(argv: readonly string[]): LoadTestOptions {
             allowPositionals: false
         }).values;
     } catch (err) {
-        throw new Error(`${(err as Error).message}\n${loadTestUsage}`);
+        throw new Error(`${isParseArgsError(err) ? describeParseArgsError(err) : String(err)}\n${loadTestUsage}`);
     }
     if (values.help === true)
         throw new LoadTestHelp();
