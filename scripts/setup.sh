@@ -11,8 +11,9 @@
 # KEEPKV_BUILD_CACHE moves the build cache (default ~/.cache/keepkv/builds), KEEPKV_MODELS_DIR the models
 # cache (default ~/.cache/keepkv/models).
 #
-# Output: a step line each, and progress for the long builds; the installers' and compilers' full output
-# goes to log files under .work/ (each step prints its path), and a step that fails prints the end of its log.
+# Output: a step line each, and progress for the long builds; the full output of apt-get and of the
+# compilers goes to log files under .work/ (each step prints its path), and a step that fails prints the end
+# of its log. npm ci prints its own few lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
