@@ -8,15 +8,22 @@
 // reuse a build cached under that key if there is one, otherwise clone the bundled llama.cpp release,
 // apply patches/llama.cpp (checked; a patch that does not apply stops the build and names itself),
 // run `node-llama-cpp source build`, and store the result in the cache.
+//
+// The compile's output (tens of thousands of lines) goes to .work/build-llama-<flavor>.log, whose path is
+// printed; the terminal gets a line at every tenth of the compile, and a failed build prints the last
+// 100 lines of the log.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { parseArgs } from "node:util";
 import {
     BuildGpu, BuildInputs, BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
 } from "./lib/build-key.js";
+import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
+import { describeLoggedFailure, progressPrinter, runLogged } from "./lib/logged-run.js";
 import {
     buildCacheDir, buildManifestPath, llamaPatchesDir, nlcBundlePath, nlcLlamaCppDir, nlcLlamaDir,
-    nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir, repoRoot, vanillaBuildManifestPath
+    nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir, repoRoot, vanillaBuildManifestPath, workDir
 } from "./lib/paths.js";
 import {
     applySeriesToGitTree, applySeriesToPlainTree, git, listPatches, nlcTrackedPaths, PatchApplyError, restorePristineSnapshot
@@ -101,7 +108,12 @@ function manifestPathOf(flavor: BuildFlavor): string {
     return flavor === "keepkv" ? buildManifestPath : vanillaBuildManifestPath;
 }
 
-export function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: BuildFlavor }): BuildResult {
+/** Where the compile of a flavor writes its output. */
+export function buildLogPath(flavor: BuildFlavor): string {
+    return path.join(workDir, `build-llama-${flavor}.log`);
+}
+
+export async function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: BuildFlavor }): Promise<BuildResult> {
     const started = Date.now();
     const flavor = opts.flavor ?? "keepkv";
     if (!fs.existsSync(nlcPackageDir))
@@ -155,7 +167,7 @@ export function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: Buil
     let built: { folderName: string, cmakeOptions: Record<string, string> };
     try {
         // the option only names the build folder, so that the two flavors live side by side
-        built = runSourceBuild(opts.gpu, flavor === "keepkv" ? { KEEPKV: "ON" } : { KEEPKV_VANILLA: "ON" });
+        built = await runSourceBuild(flavor, opts.gpu, flavor === "keepkv" ? { KEEPKV: "ON" } : { KEEPKV_VANILLA: "ON" });
     } finally {
         if (flavor === "vanilla") {
             applyNodeLlamaCppSeries();
@@ -178,12 +190,15 @@ export function buildLlama(opts: { gpu: BuildGpu, force?: boolean, flavor?: Buil
 }
 
 /** The keepkv build (see buildLlama). */
-export function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }): BuildResult {
-    return buildLlama({ ...opts, flavor: "keepkv" });
+export async function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }): Promise<BuildResult> {
+    return await buildLlama({ ...opts, flavor: "keepkv" });
 }
 
-/** Runs `node-llama-cpp source build`; returns the build folder's name and every CMake option it got. */
-function runSourceBuild(gpu: BuildGpu, options: Record<string, string>): { folderName: string, cmakeOptions: Record<string, string> } {
+/**
+ * Runs `node-llama-cpp source build` with its output in the flavor's log; returns the build folder's name
+ * and every CMake option it got.
+ */
+async function runSourceBuild(flavor: BuildFlavor, gpu: BuildGpu, options: Record<string, string>): Promise<{ folderName: string, cmakeOptions: Record<string, string> }> {
     const cmakeOptions = { ...options };
     if (commandExists("ccache")) {
         cmakeOptions.CMAKE_C_COMPILER_LAUNCHER = "ccache";
@@ -192,17 +207,21 @@ function runSourceBuild(gpu: BuildGpu, options: Record<string, string>): { folde
         log("ccache not found: every rebuild will be a full build (Debian: apt-get install ccache)");
     }
 
-    const env: NodeJS.ProcessEnv = { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: "true", CCACHE_BASEDIR: repoRoot };
+    // no colour codes in the log: node-llama-cpp writes them even into a pipe
+    const env: NodeJS.ProcessEnv = { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: "true", CCACHE_BASEDIR: repoRoot, FORCE_COLOR: "0" };
     for (const [name, value] of Object.entries(cmakeOptions))
         env[`NODE_LLAMA_CPP_CMAKE_OPTION_${name}`] = value;
 
     const cli = path.join(nlcPackageDir, "dist", "cli", "cli.js");
     const gpuArg = gpu === false ? "false" : gpu;
-    const res = spawnSync(process.execPath, [cli, "source", "build", "--gpu", gpuArg, "--noUsageExample"], {
-        cwd: repoRoot, env, stdio: ["ignore", "inherit", "inherit"]
-    });
-    if (res.status !== 0)
-        throw new Error(`node-llama-cpp source build failed (exit code ${res.status}); see the output above`);
+    const logFile = buildLogPath(flavor);
+    fs.mkdirSync(path.dirname(logFile), { recursive: true });
+    fs.writeFileSync(logFile, "");
+    log(`compiling ${flavor} llama.cpp with node-llama-cpp; the full output goes to ${logFile}`);
+    const code = await runLogged(process.execPath, [cli, "source", "build", "--gpu", gpuArg, "--noUsageExample"],
+        { cwd: repoRoot, env, logFile, onLine: progressPrinter(`${flavor} compile`, log) });
+    if (code !== 0)
+        throw new Error(describeLoggedFailure(`node-llama-cpp source build failed (exit code ${code})`, logFile));
 
     const lastBuild = JSON.parse(fs.readFileSync(path.join(nlcLlamaDir, "lastBuild.json"), "utf8")) as { folderName: string };
     const addon = path.join(nlcLocalBuildsDir, lastBuild.folderName, "Release", "llama-addon.node");
@@ -211,38 +230,38 @@ function runSourceBuild(gpu: BuildGpu, options: Record<string, string>): { folde
     return { folderName: lastBuild.folderName, cmakeOptions };
 }
 
-function main(argv: string[]): void {
-    let gpu: BuildGpu = parseBuildGpu(process.env.KEEPKV_GPU);
-    let force = false;
-    let flavor: BuildFlavor = "keepkv";
-    for (let i = 0; i < argv.length; i++) {
-        const arg = argv[i]!;
-        if (arg === "--gpu")
-            gpu = parseBuildGpu(argv[++i]);
-        else if (arg.startsWith("--gpu="))
-            gpu = parseBuildGpu(arg.slice("--gpu=".length));
-        else if (arg === "--force")
-            force = true;
-        else if (arg === "--vanilla")
-            flavor = "vanilla";
-        else if (arg === "--help" || arg === "-h") {
-            process.stdout.write("usage: npm run build:llama -- [--gpu cpu|cuda|vulkan|metal] [--force] [--vanilla]\n");
-            return;
-        } else
-            throw new Error(`unknown option ${arg}`);
+const usage = "usage: npm run build:llama -- [--gpu cpu|cuda|vulkan|metal] [--force] [--vanilla]\n";
+
+async function main(argv: string[]): Promise<void> {
+    const { values } = parseArgs({
+        args: argv,
+        options: {
+            gpu: { type: "string" },
+            force: { type: "boolean", default: false },
+            vanilla: { type: "boolean", default: false },
+            help: { type: "boolean", short: "h", default: false }
+        },
+        strict: true,
+        allowPositionals: false
+    });
+    if (values.help) {
+        process.stdout.write(usage);
+        return;
     }
-    const result = buildLlama({ gpu, force, flavor });
+    const gpu: BuildGpu = parseBuildGpu(values.gpu ?? process.env.KEEPKV_GPU);
+    const flavor: BuildFlavor = values.vanilla ? "vanilla" : "keepkv";
+    const result = await buildLlama({ gpu, force: values.force, flavor });
     process.stdout.write(`${flavor} build ${result.manifest.key} (${result.source}, ${result.seconds.toFixed(1)} s)\n`);
 }
 
 if (process.argv[1] != null && path.resolve(process.argv[1]).replace(/\.ts$/, ".js").endsWith(path.join("scripts", "build-llama.js"))) {
-    try {
-        main(process.argv.slice(2));
-    } catch (err) {
+    main(process.argv.slice(2)).catch((err: unknown) => {
         if (err instanceof PatchApplyError)
             process.stderr.write(`[keepkv build] error ${err.code}: ${err.message}\n`);
+        else if (isParseArgsError(err))
+            process.stderr.write(`[keepkv build] ${describeParseArgsError(err)}\n${usage}`);
         else
             process.stderr.write(`[keepkv build] error: ${err instanceof Error ? err.message : String(err)}\n`);
-        process.exit(1);
-    }
+        process.exitCode = 1;
+    });
 }

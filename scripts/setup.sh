@@ -10,6 +10,10 @@
 # Environment: KEEPKV_GPU=cuda|vulkan|metal builds with that backend (default: CPU);
 # KEEPKV_BUILD_CACHE moves the build cache (default ~/.cache/keepkv/builds), KEEPKV_MODELS_DIR the models
 # cache (default ~/.cache/keepkv/models).
+#
+# Output: a step line each, and progress for the long builds; the full output of apt-get and of the
+# compilers goes to log files under .work/ (each step prints its path), and a step that fails prints the end
+# of its log. npm ci prints its own few lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +26,18 @@ for arg in "$@"; do
 done
 
 say() { printf '\n[keepkv setup] %s\n' "$*" >&2; }
+
+# logged LOG CMD...: runs CMD with its output in .work/LOG; on failure prints the last 100 lines and the path
+logged() {
+    local log=".work/$1"
+    shift
+    mkdir -p .work
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 100 "$log" >&2
+        echo "[keepkv setup] failed: $*; the full output is in $PWD/$log" >&2
+        return 1
+    fi
+}
 
 # Debian packages: the first group builds llama.cpp and fetches the model (pip), the second runs the test
 # suite and the benchmarks (Prometheus and promtool, headless Chromium, nginx, docker-compose for config
@@ -43,10 +59,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" -ne 0 ] && [ -z "$sudo" ]; then
             say "missing packages and no root: apt-get install ${missing[*]}"
         else
-            say "installing Debian packages: ${missing[*]}"
+            say "installing Debian packages: ${missing[*]} (output in .work/setup-apt.log)"
             export DEBIAN_FRONTEND=noninteractive
-            $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" ||
-                { $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+            apt_install() {
+                $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" ||
+                    { $sudo apt-get update -q && $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+            }
+            logged setup-apt.log apt_install
         fi
     fi
 fi
@@ -61,7 +80,7 @@ say "installing npm packages"
 npm ci --no-audit --no-fund
 
 say "compiling TypeScript"
-npm run build
+npm run -s build
 
 say "building llama.cpp with the KeepKV patches (cached; the first build takes about 5 minutes on 2 cores)"
 node dist/scripts/build-llama.js

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { LlamaCompletion } from "node-llama-cpp";
-import { buildPatchedLlama, cloneBundledLlamaCpp } from "../scripts/build-llama.js";
+import { buildLogPath, buildPatchedLlama, cloneBundledLlamaCpp } from "../scripts/build-llama.js";
 import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../scripts/lib/build-key.js";
-import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir } from "../scripts/lib/paths.js";
+import { failureTailLines, logTail, progressPrinter } from "../scripts/lib/logged-run.js";
+import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir, repoRoot } from "../scripts/lib/paths.js";
 import { applySeriesToGitTree, git, listPatches, PatchApplyError } from "../scripts/lib/patch-series.js";
 import { keepKvVersionOf, LlamaBuildError, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
 import { testModelPath, ModelPathError, requireFile } from "../server/engine/model-paths.js";
@@ -129,7 +131,7 @@ describe("build cache", function () {
         }
     });
 
-    it("a build with the same inputs is restored from the cache instead of rebuilt", function () {
+    it("a build with the same inputs is restored from the cache instead of rebuilt", async function () {
         const manifest = readBuildManifest();
         assert.ok(manifest != null, "the setup command built llama.cpp");
         const entry = path.join(buildCacheDir(), manifest.key);
@@ -137,12 +139,12 @@ describe("build cache", function () {
 
         // what a fresh clone sees: no build in node_modules
         fs.rmSync(path.join(nlcLocalBuildsDir, manifest.folderName), { recursive: true, force: true });
-        const result = buildPatchedLlama({ gpu: manifest.gpu });
+        const result = await buildPatchedLlama({ gpu: manifest.gpu });
         assert.equal(result.source, "cache");
         assert.equal(result.manifest.key, manifest.key);
         assert.ok(fs.existsSync(path.join(nlcLocalBuildsDir, manifest.folderName, "Release", "llama-addon.node")));
 
-        const again = buildPatchedLlama({ gpu: manifest.gpu });
+        const again = await buildPatchedLlama({ gpu: manifest.gpu });
         assert.equal(again.source, "up-to-date");
     });
 
@@ -158,9 +160,84 @@ describe("build cache", function () {
             await assert.rejects(loadPatchedLlama(), (err: unknown) => err instanceof LlamaBuildError && err.code === "BUILD_MODIFIED" &&
                 /KEEPKV_ALLOW_DEV_BUILD=1/.test(err.message) && /npm run build:llama/.test(err.message));
         } finally {
-            const result = buildPatchedLlama({ gpu: manifest.gpu });
+            const result = await buildPatchedLlama({ gpu: manifest.gpu });
             assert.equal(result.source, "cache", "the recorded build is put back from the cache");
         }
-        assert.equal(buildPatchedLlama({ gpu: manifest.gpu }).source, "up-to-date");
+        assert.equal((await buildPatchedLlama({ gpu: manifest.gpu })).source, "up-to-date");
+    });
+});
+
+/** Runs `node dist/scripts/build-llama.js` and returns its exit code and everything it printed. */
+function runBuildScript(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, printed: string }> {
+    return new Promise((resolve) => {
+        const proc = spawn(process.execPath, [path.join(repoRoot, "dist", "scripts", "build-llama.js"), ...args],
+            { cwd: repoRoot, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+        let printed = "";
+        proc.stdout.setEncoding("utf8").on("data", (d: string) => { printed += d; });
+        proc.stderr.setEncoding("utf8").on("data", (d: string) => { printed += d; });
+        proc.on("close", (code) => resolve({ code, printed }));
+    });
+}
+
+const lineCount = (text: string) => text.trimEnd().split("\n").length;
+
+describe("build output", function () {
+    it("a compile's progress is one line at each tenth, from ninja's [n/total] or make's [ n%] lines", function () {
+        const printed: string[] = [];
+        const onLine = progressPrinter("compile", (m) => printed.push(m));
+        onLine("-- Configuring done");
+        for (let i = 1; i <= 278; i++) {
+            onLine(`[${i}/278] Building CXX object src/CMakeFiles/llama.dir/llama-${i}.cpp.o`);
+            onLine("warning: a compiler warning that goes to the log only");
+        }
+        assert.deepEqual(printed.map((l) => /: (\d+) %/.exec(l)?.[1]), ["0", "10", "20", "30", "40", "50", "60", "70", "80", "90", "100"]);
+        assert.match(printed[4]!, /compile: 40 % \(112\/278 steps\)/);
+
+        const make: string[] = [];
+        const onMake = progressPrinter("compile", (m) => make.push(m));
+        for (const p of [0, 3, 9, 12, 12, 47, 48, 99, 100])
+            onMake(`[${String(p).padStart(3)}%] Building C object ggml.c.o`);
+        assert.deepEqual(make.map((l) => /: (\d+) %/.exec(l)?.[1]), ["0", "12", "47", "99", "100"]);
+    });
+
+    it("an unknown option is refused with the usage, before anything is built", async function () {
+        const { code, printed } = await runBuildScript(["--frce"]);
+        assert.equal(code, 1, printed);
+        assert.match(printed, /^\[keepkv build\] unknown option --frce\nusage: npm run build:llama/);
+    });
+
+    it("a build that is up to date prints a few lines", async function () {
+        const { code, printed } = await runBuildScript([]);
+        assert.equal(code, 0, printed);
+        assert.ok(lineCount(printed) <= 4, `a few lines, got:\n${printed}`);
+        assert.match(printed, /up-to-date/);
+    });
+
+    it("a failed compile prints where its full output is and the last 100 lines of it, and exits 1", async function () {
+        const manifest = readBuildManifest();
+        assert.ok(manifest != null, "the setup command built llama.cpp");
+        const buildsBefore = new Set(fs.readdirSync(nlcLocalBuildsDir));
+        const emptyCache = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-build-cache-"));
+        try {
+            // an empty cache and --force: a real compile, which cmake stops at once for want of a C compiler
+            // (the option also gives the build folder another name, so the installed build stays as it is)
+            const { code, printed } = await runBuildScript(["--force"], {
+                KEEPKV_BUILD_CACHE: emptyCache,
+                NODE_LLAMA_CPP_CMAKE_OPTION_CMAKE_C_COMPILER: "/nonexistent/keepkv-cc"
+            });
+            const logFile = buildLogPath("keepkv");
+            assert.equal(code, 1, printed);
+            assert.ok(printed.includes(`the full output is in ${logFile}`), `names the log:\n${printed}`);
+            const tail = logTail(logFile, failureTailLines);
+            assert.ok(tail.split("\n").length >= 20 && printed.includes(tail), `prints the end of the log:\n${printed}`);
+            assert.match(printed, /CMAKE_C_COMPILER/, "cmake's own error is in what was printed");
+            assert.ok(lineCount(printed) <= failureTailLines + 20, `not more than the log's tail and a few lines: ${lineCount(printed)}`);
+        } finally {
+            fs.rmSync(emptyCache, { recursive: true, force: true });
+            for (const folder of fs.readdirSync(nlcLocalBuildsDir))
+                if (!buildsBefore.has(folder))
+                    fs.rmSync(path.join(nlcLocalBuildsDir, folder), { recursive: true, force: true });
+        }
+        assert.equal((await buildPatchedLlama({ gpu: manifest.gpu })).source, "up-to-date", "the installed build is untouched");
     });
 });

@@ -5,17 +5,19 @@
 // clients', and memory flat after warm-up (a generous bound on the RSS slope).
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import * as path from "node:path";
+import { loadTestEntry } from "../bench/loadtest.js";
+import { loadTestDefaults, parseLoadTestArgs } from "../bench/lib/loadtest-options.js";
+import type { LoadTestReport } from "../bench/lib/loadtest-report.js";
+import { percentile, slope } from "../bench/lib/loadtest-stats.js";
 import { repoRoot } from "../scripts/lib/paths.js";
-import type { LoadTestReport } from "../scripts/loadtest.js";
-import { percentile, seededRandom, slope } from "../scripts/loadtest.js";
+import { seededRandom } from "../scripts/lib/seeded-random.js";
 
 const clients = Number(process.env.KEEPKV_LOADTEST_CLIENTS ?? 12);
 const duration = Number(process.env.KEEPKV_LOADTEST_DURATION ?? 25);
 
 function runLoadTest(args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
     return new Promise((resolve) => {
-        const proc = spawn(process.execPath, [path.join(repoRoot, "dist", "scripts", "loadtest.js"), ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
+        const proc = spawn(process.execPath, [loadTestEntry, ...args], { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
         let stdout = "";
         let stderr = "";
         proc.stdout.setEncoding("utf8").on("data", (d: string) => { stdout += d; });
@@ -33,6 +35,26 @@ describe("load test", function () {
         assert.equal(percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 95), 10);
         assert.equal(percentile([], 50), null);
         assert.equal(slope([{ x: 0, y: 1 }, { x: 1, y: 3 }, { x: 2, y: 5 }]), 2);
+    });
+
+    it("its options: the defaults, every option, repeated server arguments, and a clear error for an unknown option or a bad value", function () {
+        assert.deepEqual(parseLoadTestArgs([]), loadTestDefaults);
+        const opts = parseLoadTestArgs([
+            "--clients", "12", "--duration", "25", "--warmup", "3", "--drain", "9", "--seed", "7", "--json", "--http-share", "2",
+            "--url", "http://127.0.0.1:9/", "--api-key", "k", "--model", "/m.gguf", "--sequences", "4", "--context-size", "512",
+            "--policy", "off", "--budget", "none", "--batch-size", "8", "--threads", "2", "--max-tokens", "40",
+            "--server-arg", "--log-level", "--server-arg", "info", "--server-arg=--metrics"
+        ]);
+        assert.deepEqual(opts, {
+            clients: 12, durationS: 25, warmupS: 3, drainS: 9, seed: 7, json: true, httpShare: 1, url: "http://127.0.0.1:9/",
+            apiKey: "k", model: "/m.gguf", sequences: 4, contextSize: 512, policy: "off", budget: "none", batchSize: 8,
+            threads: 2, maxTokens: 40, serverArgs: ["--log-level", "info", "--metrics"]
+        });
+        assert.throws(() => parseLoadTestArgs(["--client", "3"]), /unknown option --client\n[\s\S]*Usage: npm run -s loadtest/);
+        assert.throws(() => parseLoadTestArgs(["--clients", "0"]), /--clients needs a number >= 1, got 0/);
+        assert.throws(() => parseLoadTestArgs(["--duration", "soon"]), /--duration needs a number >= 1, got soon/);
+        assert.throws(() => parseLoadTestArgs(["--seed"]), /--seed/);
+        assert.throws(() => parseLoadTestArgs(["extra"]), /Unexpected argument 'extra'/);
     });
 
     it(`${clients} WebSocket and HTTP clients for ${duration} s under a KeepKV budget, with cancels and disconnects: no unprovoked failure, every sequence back`, async function () {

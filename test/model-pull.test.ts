@@ -102,6 +102,16 @@ describe("model:pull", function () {
         assert.deepEqual(fs.readdirSync(modelsDir), [model.file]);
     });
 
+    it("an unknown option or two names fail with BAD_ARGUMENTS and the usage, and fetch nothing", function () {
+        const option = pull(modelsDir, ["--lst"], unreachable);
+        assertCleanFailure(option, "BAD_ARGUMENTS", modelsDir);
+        assert.match(option.stderr, /unknown option --lst\n\[keepkv model\] usage: npm run model:pull/);
+        const two = pull(modelsDir, [defaultChatModelName, "gemma3-270m"], unreachable);
+        assertCleanFailure(two, "BAD_ARGUMENTS", modelsDir);
+        assert.match(two.stderr, /one model at a time/);
+        assert.equal(pull(modelsDir, ["--help"]).status, 0);
+    });
+
     it("an unknown name and an unreachable registry fail with their codes and leave nothing behind", function () {
         const unknown = pull(modelsDir, ["no-such-model"], unreachable);
         assertCleanFailure(unknown, "UNKNOWN_MODEL", modelsDir);

@@ -3,6 +3,8 @@
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { buildLogPath } from "../scripts/build-llama.js";
+import { failureTailLines } from "../scripts/lib/logged-run.js";
 import { repoRoot } from "../scripts/lib/paths.js";
 import { keepKvOptionDocs } from "../server/engine/keepkv.js";
 
@@ -33,5 +35,15 @@ describe("README", function () {
         const ci = fs.readFileSync(path.join(repoRoot, ".ci", "run"), "utf8");
         assert.ok(ci.includes("./scripts/setup.sh >"), "CI runs the setup command");
         assert.ok(/\nnpm test\n/.test(ci), "CI runs the test command");
+    });
+
+    it("says what the setup and the build print, and where their full output goes", function () {
+        for (const flavor of ["keepkv", "vanilla"] as const) {
+            const log = path.relative(repoRoot, buildLogPath(flavor));
+            assert.ok(readme.includes(`\`${log}\``) || (flavor === "vanilla" && readme.includes("`-vanilla.log`")), `the README names ${log}`);
+        }
+        assert.ok(readme.replace(/\s+/g, " ").includes(`last ${failureTailLines} lines of its log`), "what a failed step prints");
+        const setup = fs.readFileSync(path.join(repoRoot, "scripts", "setup.sh"), "utf8");
+        assert.ok(setup.includes(`tail -n ${failureTailLines}`), "the setup script shows as many lines of a failed step's log");
     });
 });

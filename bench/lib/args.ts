@@ -1,4 +1,8 @@
-// A small, strict command-line parser for the benchmark scripts: unknown flags and bad values are errors.
+// A small, strict command-line parser for the benchmark scripts, on util.parseArgs (node:util): unknown
+// flags and bad values are errors. util.parseArgs splits the command line (--name value, --name=value);
+// this layer adds what it lacks: numbers and enums checked, and --flag=false for a boolean.
+import { parseArgs as splitArgs } from "node:util";
+
 export type ArgSpec =
     | { type: "boolean", default: boolean }
     | { type: "string", default: string }
@@ -10,20 +14,28 @@ export function parseArgs<T extends Record<string, ArgSpec>>(argv: string[], spe
     const out: Record<string, unknown> = {};
     for (const [name, s] of Object.entries(spec))
         out[name] = s.default;
-    for (let i = 0; i < argv.length; i++) {
-        const arg = argv[i]!;
-        if (!arg.startsWith("--"))
-            throw new Error(`unexpected argument ${arg}`);
-        const eq = arg.indexOf("=");
-        const name = arg.slice(2, eq >= 0 ? eq : undefined);
+    // not strict: the tokens come back in order, with their values, and the checks below are this parser's
+    const { tokens } = splitArgs({
+        args: argv,
+        options: Object.fromEntries(Object.entries(spec).map(([name, s]) => [name, { type: s.type === "boolean" ? "boolean" as const : "string" as const }])),
+        strict: false,
+        allowPositionals: true,
+        tokens: true
+    });
+    for (const token of tokens) {
+        if (token.kind === "positional")
+            throw new Error(`unexpected argument ${token.value}`);
+        if (token.kind === "option-terminator")
+            throw new Error("unexpected argument --");
+        const name = token.name;
         const s = spec[name];
-        if (s == null)
-            throw new Error(`unknown option --${name}; options: ${Object.keys(spec).map((k) => "--" + k).join(" ")}`);
+        if (s == null || !token.rawName.startsWith("--"))
+            throw new Error(`unknown option ${token.rawName}; options: ${Object.keys(spec).map((k) => "--" + k).join(" ")}`);
         if (s.type === "boolean") {
-            out[name] = eq >= 0 ? arg.slice(eq + 1) !== "false" : true;
+            out[name] = token.value == null || token.value !== "false";
             continue;
         }
-        const value = eq >= 0 ? arg.slice(eq + 1) : argv[++i];
+        const value = token.value;
         if (value == null)
             throw new Error(`--${name} needs a value`);
         if (s.type === "number") {

@@ -89,10 +89,11 @@ export async function startServer(opts: StartOptions = {}): Promise<ServerHandle
     return handle;
 }
 
-export async function waitForHealth(server: ServerHandle, timeoutMs = 120_000): Promise<void> {
+/** Waits for GET /health to answer 200: of a server started here, or (without `exited`) of one running elsewhere. */
+export async function waitForHealth(server: Pick<ServerHandle, "url" | "output"> & { exited?: Promise<Exit> }, timeoutMs = 120_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     let exited = false;
-    void server.exited.then(() => { exited = true; });
+    void server.exited?.then(() => { exited = true; });
     for (;;) {
         if (exited)
             throw new Error(`the server exited before it was ready:\n${server.output()}`);

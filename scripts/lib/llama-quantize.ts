@@ -5,13 +5,14 @@
 // The binary is linked statically (BUILD_SHARED_LIBS=OFF) so that the one file in the cache runs on its own.
 // It is built with GGML_NATIVE=ON for this CPU, so the key holds the CPU flags next to the node-llama-cpp
 // version (which fixes the llama.cpp release) and the compiler; the patch series is not part of it.
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { cloneBundledLlamaCpp } from "../build-llama.js";
 import { computeBuildInputs } from "./build-key.js";
+import { describeLoggedFailure, progressPrinter, runLogged } from "./logged-run.js";
 import { ModelPullError } from "./models.js";
 import { buildCacheDir, workDir } from "./paths.js";
 
@@ -62,63 +63,8 @@ function commandExists(cmd: string): boolean {
     return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).status === 0;
 }
 
-/** The last lines of a log file, for an error message. */
-export function logTail(file: string, lines = 15): string {
-    if (!fs.existsSync(file))
-        return "";
-    return fs.readFileSync(file, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-}
-
-/**
- * Runs a command with all of its output appended to a log file; onLine sees each line (for progress).
- * Resolves with the exit code; a command that cannot start resolves with -1 and says why in the log.
- */
-function runLogged(cmd: string, args: string[], opts: { cwd: string, env?: NodeJS.ProcessEnv, logFile: string, onLine?: (line: string) => void }): Promise<number> {
-    fs.appendFileSync(opts.logFile, `$ ${cmd} ${args.join(" ")}\n`);
-    return new Promise((resolve) => {
-        const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
-        let pending = "";
-        const onData = (chunk: Buffer) => {
-            fs.appendFileSync(opts.logFile, chunk);
-            if (opts.onLine == null)
-                return;
-            pending += chunk.toString("utf8");
-            const lines = pending.split("\n");
-            pending = lines.pop()!;
-            for (const line of lines)
-                opts.onLine(line);
-        };
-        child.stdout.on("data", onData);
-        child.stderr.on("data", onData);
-        child.on("error", (err) => {
-            fs.appendFileSync(opts.logFile, `cannot run ${cmd}: ${err.message}\n`);
-            resolve(-1);
-        });
-        child.on("close", (code, signal) => resolve(code ?? (signal != null ? 128 : -1)));
-    });
-}
-
-/** Prints "n %" every tenth of a ninja or make build, from their "[12/278]" or "[ 45%]" lines. */
-function progressPrinter(log: Log): (line: string) => void {
-    let lastTenth = -1;
-    return (line) => {
-        const ninja = /^\[(\d+)\/(\d+)\]/.exec(line);
-        const make = /^\[\s*(\d+)%\]/.exec(line);
-        const percent = ninja != null ? 100 * Number(ninja[1]) / Number(ninja[2]) : make != null ? Number(make[1]) : null;
-        if (percent == null)
-            return;
-        const tenth = Math.floor(percent / 10);
-        if (tenth > lastTenth) {
-            lastTenth = tenth;
-            log(`  llama-quantize build: ${Math.round(percent)} %`);
-        }
-    };
-}
-
 function toolBuildError(message: string, logFile: string): ModelPullError {
-    const tail = logTail(logFile);
-    return new ModelPullError("TOOL_BUILD_FAILED",
-        `${message}; the full output is in ${logFile}` + (tail !== "" ? `, ending with:\n${tail}` : ""));
+    return new ModelPullError("TOOL_BUILD_FAILED", describeLoggedFailure(message, logFile));
 }
 
 /** The cached llama-quantize for this machine, built first when there is none (a few minutes on 2 cores). */
@@ -174,7 +120,7 @@ export async function ensureQuantizeTool(log: Log): Promise<QuantizeTool> {
         throw toolBuildError(`cmake configure failed (exit code ${configure})`, logFile);
     const jobs = String(Math.max(1, Math.min(os.availableParallelism(), 2)));
     const compiled = await runLogged("cmake", ["--build", build, "--target", "llama-quantize", "-j", jobs],
-        { cwd: tree, env, logFile, onLine: progressPrinter(log) });
+        { cwd: tree, env, logFile, onLine: progressPrinter("llama-quantize build", log) });
     if (compiled !== 0)
         throw toolBuildError(`building llama-quantize failed (exit code ${compiled})`, logFile);
 
@@ -210,10 +156,6 @@ export async function convertGguf(tool: string, src: string, dst: string, output
     fs.writeFileSync(logFile, "");
     const threads = String(os.availableParallelism());
     const code = await runLogged(tool, ["--allow-requantize", src, dst, outputType, threads], { cwd: path.dirname(dst), logFile });
-    if (code !== 0) {
-        const tail = logTail(logFile);
-        throw new ModelPullError("CONVERSION_FAILED",
-            `llama-quantize ${outputType} of ${src} failed (exit code ${code}); its output is in ${logFile}` +
-            (tail !== "" ? `, ending with:\n${tail}` : ""));
-    }
+    if (code !== 0)
+        throw new ModelPullError("CONVERSION_FAILED", describeLoggedFailure(`llama-quantize ${outputType} of ${src} failed (exit code ${code})`, logFile));
 }
