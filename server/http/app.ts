@@ -2,6 +2,7 @@
 // Thin: each route asks the scheduler, the engine supervisor or the catalog, and answers.
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { ServerConfig } from "../config/options.js";
+import { StatsCache } from "../engine/stats-cache.js";
 import type { EngineSupervisor } from "../engine/supervisor.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import type { ModelCatalog } from "../models/model-catalog.js";
@@ -9,8 +10,8 @@ import type { ModelSwitcher } from "../models/model-switcher.js";
 import { ApiError, toWireError } from "../protocol/errors.js";
 import { describeSchemaError, schemas, validators } from "../protocol/schemas.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
-import { effectiveAllowedHosts, hostAllowed } from "../security/hosts.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { clientAddress, effectiveAllowedHosts, hostAllowed } from "../security/hosts.js";
+import { addressBucket, type RateLimiter } from "../security/rate-limit.js";
 import { authorized, originAllowed } from "./auth.js";
 import { addDashboardApi, addDashboardPages } from "./dashboard-routes.js";
 import { addOpenAiRoutes, sendError } from "./openai-routes.js";
@@ -28,6 +29,9 @@ export type AppDeps = {
     /** the per-client request rate, shared with the WebSocket API */
     rateLimiter?: RateLimiter
 };
+
+/** how old the KV statistics of /metrics and /v1/kv may be (unless a request finished since) */
+const statsMaxAgeMs = 500;
 
 function engineReport(engine: EngineSupervisor) {
     const exit = engine.lastExit;
@@ -50,7 +54,7 @@ export function createApp(deps: AppDeps): express.Express {
     app.disable("x-powered-by");
     app.set("etag", false);
 
-    // DNS rebinding: only Host names of this machine (or allowed-hosts) when bound to loopback
+    // DNS rebinding: only Host names of this machine or allowed-hosts (security/hosts.ts)
     const allowedHosts = effectiveAllowedHosts(config.host, config.allowedHosts);
     app.use((req: Request, res: Response, next: NextFunction) => {
         if (hostAllowed(req.headers.host, allowedHosts)) {
@@ -82,9 +86,14 @@ export function createApp(deps: AppDeps): express.Express {
         next();
     });
 
-    // llama-server's shapes: 503 with its exact body while loading, {"status":"ok"} when ready
-    app.get("/health", (_req, res) => {
+    // llama-server's shapes: 503 with its exact body while loading, {"status":"ok"} when ready. Probes
+    // need no token and learn only that; the engine's details (pid, restarts, the model and its file)
+    // are added for a request that carries the API key (or for anyone when no key is configured, since
+    // /admin/model then tells them too)
+    const healthDetailsAllowed = (req: Request) => authorized(req.headers.authorization, config.apiKey);
+    app.get("/health", (req, res) => {
         const ready = engine.state === "ready" && scheduler.model != null && !deps.isShuttingDown();
+        const details = healthDetailsAllowed(req);
         if (!ready)
             res.status(503).json({
                 error: {
@@ -92,10 +101,10 @@ export function createApp(deps: AppDeps): express.Express {
                     message: deps.isShuttingDown() ? "Shutting down" : engine.lastStartError != null ? "Engine unavailable" : "Loading model",
                     type: "unavailable_error"
                 },
-                engine: engineReport(engine)
+                ...(details ? { engine: engineReport(engine) } : {})
             });
         else
-            res.json({ status: "ok", model: scheduler.model!.name, engine: engineReport(engine) });
+            res.json({ status: "ok", ...(details ? { model: scheduler.model!.name, engine: engineReport(engine) } : {}) });
     });
 
     // the dashboard's page and modules hold no data: served without a token (the page sends it to the API)
@@ -105,7 +114,25 @@ export function createApp(deps: AppDeps): express.Express {
         // routing ignores case and a trailing slash: so must the choice of token
         const isMetrics = req.path.toLowerCase().replace(/\/+$/, "") === "/metrics";
         const key = isMetrics ? (config.metricsApiKey ?? config.apiKey) : config.apiKey;
+        const limiter = deps.rateLimiter;
+        const address = addressBucket(clientAddress(req, config.trustProxy));
+        // wrong tokens count against the address, and an address out of allowance gets no answer about
+        // its token: guessing a key is as slow as the rate limit
+        const limited = (retryAfterS: number) => {
+            metrics.requestRefused("rate_limited");
+            res.set("Retry-After", String(retryAfterS));
+            sendError(res, { code: "rate_limited", message: `more than ${limiter!.perMinute} requests per minute from this client (rate-limit); retry in ${retryAfterS} s` });
+        };
+        if (key != null && limiter != null && limiter.exhausted(address)) {
+            limited(limiter.retryAfterS(address));
+            return;
+        }
         if (!authorized(req.headers.authorization, key)) {
+            const charged = key != null ? limiter?.take(address) : undefined;
+            if (charged != null && !charged.ok) {
+                limited(charged.retryAfterS);
+                return;
+            }
             metrics.requestRefused("unauthorized");
             res.set("WWW-Authenticate", "Bearer");
             sendError(res, { code: "unauthorized", message: "missing or wrong bearer token (Authorization: Bearer ...)" });
@@ -114,9 +141,15 @@ export function createApp(deps: AppDeps): express.Express {
         next();
     });
 
+    // both read through one cache (engine/stats-cache.ts): polling either cannot starve the engine
+    const stats = new StatsCache((timeoutMs) => {
+        metrics.engineStatsRead();
+        return engine.stats(timeoutMs);
+    }, statsMaxAgeMs, () => scheduler.finishedRequests + engine.restarts);
+
     app.get("/metrics", async (_req, res) => {
-        // fresh KV statistics for this scrape; a busy or restarting engine leaves the last ones
-        await engine.stats(300);
+        // recent KV statistics for this scrape; a busy or restarting engine leaves the last ones
+        await stats.get(300);
         res.set("Content-Type", metrics.contentType);
         res.send(await metrics.exposition());
     });
@@ -145,12 +178,12 @@ export function createApp(deps: AppDeps): express.Express {
 
     // the KV statistics right now, for dashboards that poll (the same numbers as the keepkv_kv_* metrics)
     app.get("/v1/kv", async (_req, res) => {
-        const stats = await engine.stats(1000);
-        if (stats == null) {
+        const snapshot = await stats.get(1000);
+        if (snapshot == null) {
             sendError(res, { code: "engine_unavailable", message: "the engine is loading or busy; retry" });
             return;
         }
-        const { context } = stats;
+        const { context } = snapshot;
         res.json({
             policy: context.policy,
             capacity_cells: context.capacityCells,
@@ -161,7 +194,7 @@ export function createApp(deps: AppDeps): express.Express {
             evictions: context.evictions,
             compressions: context.compressions,
             compression_seconds: context.compressionSeconds,
-            engine_rss_bytes: stats.rssBytes,
+            engine_rss_bytes: snapshot.rssBytes,
             sequences: context.sequences.map((seq, slot) => {
                 const state = scheduler.slotSnapshot()[slot];
                 return {
@@ -240,7 +273,7 @@ export function createApp(deps: AppDeps): express.Express {
 
     const router = express.Router();
     addOpenAiRoutes(router, scheduler, metrics, config.wsMaxBufferedBytes,
-        deps.rateLimiter != null ? { rateLimiter: deps.rateLimiter, trustProxy: config.trustProxy } : undefined);
+        deps.rateLimiter != null ? { rateLimiter: deps.rateLimiter, trustProxy: config.trustProxy, keyed: config.apiKey != null } : undefined);
     addDashboardApi(router, { config, scheduler, engine });
     app.use(router);
 

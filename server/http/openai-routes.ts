@@ -10,9 +10,11 @@ import { requestSpec } from "../scheduler/request-spec.js";
 import type { FinalResult, ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { clientAddress } from "../security/hosts.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { addressBucket, credentialBucket, type RateLimiter } from "../security/rate-limit.js";
+import { bearerToken } from "./auth.js";
 
-export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean };
+/** keyed: an API key is configured, so the request's (accepted) token has a bucket of its own */
+export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean, keyed: boolean };
 
 type ContentPart = { type: "text", text: string };
 type OpenAiMessage = { role: "system" | "developer" | "user" | "assistant", content?: string | null | ContentPart[] };
@@ -60,7 +62,9 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
         sendError(res, { code: "invalid_message", message: describeSchemaError(validate.errors) });
         return;
     }
-    const decision = rate?.rateLimiter.take(clientAddress(req, rate.trustProxy));
+    const token = rate?.keyed === true ? bearerToken(req.headers.authorization) : null;
+    const buckets = [addressBucket(clientAddress(req, rate?.trustProxy === true)), ...(token != null ? [credentialBucket(token)] : [])];
+    const decision = rate?.rateLimiter.takeAll(buckets);
     if (decision != null && !decision.ok) {
         metrics.requestRefused("rate_limited");
         res.set("Retry-After", String(decision.retryAfterS));

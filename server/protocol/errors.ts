@@ -18,6 +18,7 @@ export const errorCodes = {
     conversation_busy: { status: 409, type: "invalid_request_error", doc: "Another request of the same conversation is in flight." },
     too_many_requests: { status: 429, type: "rate_limit_error", doc: "This socket has `max-requests-per-socket` requests in flight." },
     rate_limited: { status: 429, type: "rate_limit_error", doc: "This client sent more than `rate-limit` requests in the last minute; the message (and HTTP `Retry-After`) says when to retry." },
+    too_many_connections: { status: 503, type: "unavailable_error", doc: "The server has `max-connections` connections open, or this client address has `max-connections-per-address`; the connection closes after this answer." },
     queue_full: { status: 503, type: "unavailable_error", doc: "All sequences are busy and the wait queue is full." },
     queue_timeout: { status: 503, type: "unavailable_error", doc: "The request waited `queue-timeout` seconds without getting a sequence." },
     engine_restarted: { status: 503, type: "unavailable_error", doc: "The engine process died or hung and was restarted; the request was lost. Retrying is safe." },

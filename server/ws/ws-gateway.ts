@@ -8,8 +8,9 @@ import type { ServerMetrics } from "../metrics/metrics.js";
 import { errorCodes, openAiErrorBody, type ErrorCode } from "../protocol/errors.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import { bearerToken, originAllowed, tokenMatches } from "../http/auth.js";
-import { clientAddress, hostAllowed } from "../security/hosts.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { clientAddress, hostAllowed, type HostPolicy } from "../security/hosts.js";
+import type { ConnectionLimiter } from "../security/connection-limit.js";
+import { addressBucket, credentialBucket, type RateLimiter } from "../security/rate-limit.js";
 import { wsCloseCodes, WsSession } from "./ws-session.js";
 
 export const wsPath = "/v1/ws";
@@ -22,9 +23,13 @@ export type WsGatewayOptions = {
     maxBufferedBytes: number,
     pingIntervalMs: number,
     /** Host names accepted (null: any); see security/hosts.ts */
-    allowedHosts?: readonly string[] | null,
+    allowedHosts?: HostPolicy | null,
     rateLimiter?: RateLimiter,
-    trustProxy?: boolean
+    trustProxy?: boolean,
+    /** why this connection is over the connection caps (server.ts decides when it opens), or null */
+    connectionRefusal?: (socket: Duplex) => string | null,
+    /** behind a trusted proxy: WebSockets counted per forwarded client address */
+    forwardedConnections?: ConnectionLimiter
 };
 
 function refuseUpgrade(socket: Duplex, code: ErrorCode, message: string): void {
@@ -69,6 +74,12 @@ export class WsGateway {
             refuseUpgrade(socket, "shutting_down", "the server is shutting down");
             return;
         }
+        const overCap = this.opts.connectionRefusal?.(socket) ?? null;
+        if (overCap != null) {
+            this.metrics.requestRefused("too_many_connections");
+            refuseUpgrade(socket, "too_many_connections", overCap);
+            return;
+        }
         if (!hostAllowed(req.headers.host, this.opts.allowedHosts ?? null)) {
             this.metrics.requestRefused("forbidden_host");
             refuseUpgrade(socket, "forbidden_host", "this Host is not allowed (allowed-hosts)");
@@ -79,29 +90,48 @@ export class WsGateway {
             refuseUpgrade(socket, "forbidden_origin", `origin ${req.headers.origin} is not allowed (allowed-origins)`);
             return;
         }
+        const client = clientAddress(req, this.opts.trustProxy === true);
+        const limiter = this.opts.rateLimiter;
         let authenticated = this.opts.apiKey == null;
+        let credential: string | null = null;
         const token = bearerToken(req.headers.authorization);
+        // an address that has used up its allowance (wrong tokens count) gets no answer about its token
+        if (this.opts.apiKey != null && limiter != null && limiter.exhausted(addressBucket(client))) {
+            this.metrics.requestRefused("rate_limited");
+            refuseUpgrade(socket, "rate_limited", `more than ${limiter.perMinute} requests per minute from this client (rate-limit); retry later`);
+            return;
+        }
         if (this.opts.apiKey != null && token != null) {
             if (!tokenMatches(token, this.opts.apiKey)) {
                 this.metrics.requestRefused("unauthorized");
+                limiter?.take(addressBucket(client));
                 refuseUpgrade(socket, "unauthorized", "wrong bearer token");
                 return;
             }
             authenticated = true;
+            credential = credentialBucket(token);
         }
         // only a browser page (which cannot set headers on a WebSocket) may authenticate with a first
         // message; any other client must bring the token in the upgrade
         const origin = req.headers.origin;
         if (!authenticated && (origin == null || origin === "")) {
             this.metrics.requestRefused("unauthorized");
+            limiter?.take(addressBucket(client));
             refuseUpgrade(socket, "unauthorized", "missing bearer token (Authorization: Bearer ...)");
             return;
         }
-        const client = clientAddress(req, this.opts.trustProxy === true);
-        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, authenticated, client));
+        const counted = this.opts.forwardedConnections?.acquire(client);
+        if (counted != null && !counted.ok) {
+            this.metrics.requestRefused("too_many_connections");
+            refuseUpgrade(socket, "too_many_connections", counted.message);
+            return;
+        }
+        if (counted?.ok === true)
+            socket.once("close", counted.release);
+        this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, authenticated, client, credential));
     }
 
-    private onConnection(ws: WebSocket, authenticated: boolean, client: string): void {
+    private onConnection(ws: WebSocket, authenticated: boolean, client: string, credential: string | null): void {
         this.metrics.websocketOpened();
         this.alive.set(ws, true);
         ws.on("pong", () => this.alive.set(ws, true));
@@ -113,7 +143,8 @@ export class WsGateway {
             maxBufferedBytes: this.opts.maxBufferedBytes,
             modelName: () => this.scheduler.model?.name ?? null,
             ...(this.opts.rateLimiter != null ? { rateLimiter: this.opts.rateLimiter } : {}),
-            client
+            client,
+            credential
         });
         this.sessions.add(session);
         ws.on("close", () => this.sessions.delete(session));

@@ -1,6 +1,7 @@
 // One WebSocket client: parses and validates its messages, runs its requests (several at once), and
 // streams their output with backpressure: while the client lags, deltas of a request are coalesced
-// into one; a client that leaves more than `wsMaxBufferedBytes` unread is disconnected.
+// into one; a client that leaves more than `wsMaxBufferedBytes` unread (deltas or any other message) is
+// disconnected.
 import type { WebSocket, RawData } from "ws";
 import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
@@ -12,7 +13,7 @@ import {
 import { requestSpec } from "../scheduler/request-spec.js";
 import type { ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import { tokenMatches } from "../http/auth.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { addressBucket, credentialBucket, type RateLimiter } from "../security/rate-limit.js";
 
 /** above this many unsent bytes, deltas are coalesced instead of sent one by one */
 const coalesceAboveBytes = 64 * 1024;
@@ -35,7 +36,9 @@ export type WsSessionOptions = {
     modelName: () => string | null,
     /** per-client request rate (shared with HTTP), and this socket's client address */
     rateLimiter?: RateLimiter,
-    client?: string
+    client?: string,
+    /** the rate-limit bucket of the token the socket authenticated with (null: none, or auth is off) */
+    credential?: string | null
 };
 
 /** A client-chosen string quoted in an error message, cut short (the message must not echo megabytes). */
@@ -53,6 +56,7 @@ type InFlight = {
 export class WsSession {
     private readonly inFlight = new Map<string, InFlight>();
     private authenticated: boolean;
+    private credential: string | null;
     private closed = false;
     private flushTimer: NodeJS.Timeout | null = null;
     private authTimer: NodeJS.Timeout | null = null;
@@ -65,6 +69,7 @@ export class WsSession {
         private readonly opts: WsSessionOptions
     ) {
         this.authenticated = opts.authenticated || opts.apiKey == null;
+        this.credential = opts.credential ?? null;
         ws.on("message", (data, isBinary) => this.onMessage(data, isBinary));
         ws.on("close", () => this.onClose());
         ws.on("error", (err) => this.log.debug("websocket error", { error: err.message }));
@@ -102,6 +107,10 @@ export class WsSession {
     }
 
     private handleMessage(data: RawData, isBinary: boolean): void {
+        if (!this.authenticated) {
+            this.handleFirstMessage(data, isBinary);
+            return;
+        }
         if (isBinary) {
             this.sendError(null, "invalid_message", "binary frames are not supported; send JSON text");
             return;
@@ -129,10 +138,6 @@ export class WsSession {
             this.sendError(id, "unknown_type", `unknown message type ${quote(record.type)}; known: chat, cancel, auth, ping`);
             return;
         }
-        if (!this.authenticated && record.type !== "auth") {
-            this.refuse("authenticate first: send {\"type\":\"auth\",\"token\":\"...\"} or connect with an Authorization header");
-            return;
-        }
         if ((record.type === "chat" || record.type === "cancel") && !("id" in record)) {
             this.sendError(null, "missing_id", `a "${record.type}" message needs an "id"`);
             return;
@@ -157,11 +162,44 @@ export class WsSession {
         }
     }
 
+    /**
+     * Before authentication the only acceptable message is a valid `auth`: anything else (another type,
+     * bad JSON, a binary frame) closes the socket, so that an unauthenticated client cannot make the
+     * server parse, validate and answer at will.
+     */
+    private handleFirstMessage(data: RawData, isBinary: boolean): void {
+        let message: unknown = null;
+        if (!isBinary) {
+            try {
+                message = JSON.parse(data.toString());
+            } catch {
+                // refused below
+            }
+        }
+        if (validators.wsClient.auth!(message)) {
+            this.onAuth((message as { token: string }).token);
+            return;
+        }
+        this.refuse("authenticate first: send {\"type\":\"auth\",\"token\":\"...\"} or connect with an Authorization header");
+    }
+
     private onAuth(token: string): void {
+        const limiter = this.opts.rateLimiter;
+        const address = addressBucket(this.opts.client ?? "unknown");
+        // as at the upgrade: an address out of allowance learns nothing about its token, and a wrong one costs
+        if (limiter != null && limiter.exhausted(address)) {
+            this.metrics.requestRefused("rate_limited");
+            this.sendError(null, "rate_limited", `more than ${limiter.perMinute} requests per minute from this client (rate-limit); retry later`);
+            this.closed = true;
+            this.ws.close(wsCloseCodes.policyViolation, "rate limited");
+            return;
+        }
         if (this.opts.apiKey != null && !tokenMatches(token, this.opts.apiKey)) {
+            limiter?.take(address);
             this.refuse("wrong token");
             return;
         }
+        this.credential = this.opts.apiKey != null ? credentialBucket(token) : null;
         this.authenticated = true;
         if (this.authTimer != null)
             clearTimeout(this.authTimer);
@@ -195,7 +233,8 @@ export class WsSession {
             this.sendError(id, "too_many_requests", `this socket already has ${this.inFlight.size} requests in flight (max-requests-per-socket)`);
             return;
         }
-        const rate = this.opts.rateLimiter?.take(this.opts.client ?? "unknown");
+        const buckets = [addressBucket(this.opts.client ?? "unknown"), ...(this.credential != null ? [this.credential] : [])];
+        const rate = this.opts.rateLimiter?.takeAll(buckets);
         if (rate != null && !rate.ok) {
             this.metrics.requestRefused("rate_limited");
             this.sendError(id, "rate_limited", `more than ${this.opts.rateLimiter!.perMinute} requests per minute from this client (rate-limit); retry in ${rate.retryAfterS} s`);
@@ -279,6 +318,11 @@ export class WsSession {
             pending += entry.pendingText.length;
         if (this.ws.bufferedAmount + pending <= this.opts.maxBufferedBytes)
             return true;
+        this.dropSlowClient();
+        return false;
+    }
+
+    private dropSlowClient(): void {
         this.log.warn("dropping a websocket client that does not read", { buffered: this.ws.bufferedAmount });
         this.metrics.clientDropped("ws", "slow_consumer");
         this.closed = true;
@@ -286,13 +330,18 @@ export class WsSession {
         // the close frame waits behind the unread data: do not wait for the handshake
         setTimeout(() => this.ws.terminate(), 1000).unref();
         this.cancelAll();
-        return false;
     }
 
+    /**
+     * Every message goes out here, under the same bound as the deltas: a client that sends pings or bad
+     * messages without reading the answers is disconnected once they pile up past wsMaxBufferedBytes.
+     */
     private send(message: WsServerMessage): void {
         if (this.ws.readyState !== this.ws.OPEN)
             return;
         this.ws.send(JSON.stringify(message));
+        if (!this.closed && this.ws.bufferedAmount > this.opts.maxBufferedBytes)
+            this.dropSlowClient();
     }
 
     private sendError(id: string | null, code: ErrorCode, message: string): void {
