@@ -17,7 +17,7 @@ export const errorCodes = {
     invalid_model: { status: 400, type: "invalid_request_error", doc: "The model file is not a usable GGUF (not GGUF, truncated, unsupported architecture, failed to load); the previous model keeps serving." },
     conversation_busy: { status: 409, type: "invalid_request_error", doc: "Another request of the same conversation is in flight." },
     too_many_requests: { status: 429, type: "rate_limit_error", doc: "This socket has `max-requests-per-socket` requests in flight." },
-    rate_limited: { status: 429, type: "rate_limit_error", doc: "This client sent more than `rate-limit` requests in the last minute; the message (and HTTP `Retry-After`) says when to retry." },
+    rate_limited: { status: 429, type: "rate_limit_error", doc: "This client address or API key sent more than `rate-limit` requests in the last minute (wrong tokens count); the message (and HTTP `Retry-After`) says when to retry." },
     too_many_connections: { status: 503, type: "unavailable_error", doc: "The server has `max-connections` connections open, or this client address has `max-connections-per-address`; the connection closes after this answer." },
     queue_full: { status: 503, type: "unavailable_error", doc: "All sequences are busy and the wait queue is full." },
     queue_timeout: { status: 503, type: "unavailable_error", doc: "The request waited `queue-timeout` seconds without getting a sequence." },
