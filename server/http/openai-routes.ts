@@ -73,7 +73,7 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
     if (decision != null && !decision.ok) {
         metrics.requestRefused("rate_limited");
         res.set("Retry-After", String(decision.retryAfterS));
-        sendError(res, { code: "rate_limited", message: `more than ${rate!.rateLimiter.perMinute} requests per minute from this client (rate-limit); retry in ${decision.retryAfterS} s` });
+        sendError(res, { code: "rate_limited", message: `more than ${rate!.rateLimiter.perMinute} requests per minute from this client address or key (rate-limit); retry in ${decision.retryAfterS} s` });
         return;
     }
     const body = req.body as OpenAiBody;

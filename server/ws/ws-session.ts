@@ -246,7 +246,7 @@ export class WsSession {
         const rate = this.opts.rateLimiter?.takeAll(buckets);
         if (rate != null && !rate.ok) {
             this.metrics.requestRefused("rate_limited");
-            this.sendError(id, "rate_limited", `more than ${this.opts.rateLimiter!.perMinute} requests per minute from this client (rate-limit); retry in ${rate.retryAfterS} s`);
+            this.sendError(id, "rate_limited", `more than ${this.opts.rateLimiter!.perMinute} requests per minute from this client address or key (rate-limit); retry in ${rate.retryAfterS} s`);
             return;
         }
         const input = message.messages != null
