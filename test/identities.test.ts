@@ -393,6 +393,22 @@ describe("identities with the network defaults: rate limits per principal, /heal
         await page.close();
     });
 
+    it("/v1/kv read through the shared statistics cache: concurrent readers each see only their own conversation ids", async function () {
+        const reply = await from("127.0.0.27", "/v1/completions", keys.root, { prompt: story, max_tokens: 2, temperature: 0, conversation_id: "root-private-conversation" });
+        assert.equal(reply.status, 200, reply.body);
+        // at once, so that they share one engine read (or its cached snapshot)
+        const readers = [keys.root, keys.alice, keys.root, keys.bob, keys.alice, keys.root];
+        const answers = await Promise.all(readers.map((key) => from("127.0.0.27", "/v1/kv", key)));
+        answers.forEach((answer, i) => {
+            assert.equal(answer.status, 200);
+            const ids = (JSON.parse(answer.body) as { sequences: { conversation_id: string | null }[] }).sequences.map((q) => q.conversation_id);
+            if (readers[i] === keys.root)
+                assert.deepEqual(ids, ["root-private-conversation"], `reader ${i}`);
+            else
+                assert.deepEqual(ids, [null], `reader ${i} (not the owner, not an admin)`);
+        });
+    });
+
     it("binding beyond loopback: a key file's keys count (this server binds 0.0.0.0 with nothing else); a metrics key alone does not", function () {
         const refused = spawnSync(process.execPath, [serverEntry, ...testServerArgs, "--port", "0", "--host", "0.0.0.0"],
             { encoding: "utf8", timeout: 60_000, env: { ...process.env, KEEPKV_METRICS_API_KEY: "metrics-only-key-000000" } });
