@@ -164,6 +164,10 @@ export class ServerMetrics {
     private readonly wsConnections = new Gauge({
         name: "keepkv_websocket_connections", help: "Open WebSocket connections.", registers: [this.registry]
     });
+    private readonly statsReads = new Counter({
+        name: "keepkv_engine_stats_reads_total", help: "KV statistics read from the engine for /metrics and /v1/kv (at most one per 500 ms, and one after each finished request, however often they are asked for).",
+        registers: [this.registry]
+    });
     private readonly dropped = new Counter({
         name: "keepkv_clients_dropped_total", help: "Streaming clients disconnected by the server (api: ws or http; reason: slow_consumer or ping_timeout).",
         labelNames: ["api", "reason"], registers: [this.registry]
@@ -240,6 +244,10 @@ export class ServerMetrics {
         this.requestGenerationTokens.labels(model).observe(completionTokens);
         if (errorCode != null)
             this.errors.labels(errorCode).inc();
+    }
+
+    engineStatsRead(): void {
+        this.statsReads.inc();
     }
 
     requestRefused(code: string): void {

@@ -115,6 +115,7 @@ export class Scheduler implements EngineListener {
     /** why the engine cannot start again (a restart failed), until one succeeds: requests fail fast */
     private engineFailure: string | null = null;
     private onReadyHooks: ((info: EngineModelInfo) => void)[] = [];
+    private finishedValue = 0;
 
     constructor(
         private readonly limits: SchedulerLimits,
@@ -134,6 +135,11 @@ export class Scheduler implements EngineListener {
     /** called whenever a model starts serving (first start, restart, switch) */
     onModelReady(hook: (info: EngineModelInfo) => void): void {
         this.onReadyHooks.push(hook);
+    }
+
+    /** requests finished so far, however they ended (the KV statistics may have changed since) */
+    get finishedRequests(): number {
+        return this.finishedValue;
     }
 
     get model(): EngineModelInfo | null {
@@ -399,6 +405,7 @@ export class Scheduler implements EngineListener {
     private finish(request: ScheduledRequest, reason: FinishReason, error: WireError | null, kv: WireKvStats | null): void {
         if (request.state === "done")
             return;
+        this.finishedValue++;
         const wasRunning = request.state === "running";
         request.state = "done";
         const now = monoMs();
