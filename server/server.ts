@@ -70,7 +70,12 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         maxPromptTokens: config.maxPromptTokens,
         conversationIdleMs: config.conversationIdle * 1000
     }, metrics, log, config.sequences);
-    const engine = new EngineSupervisor(scheduler, log, { stallTimeoutMs: config.engineStallTimeout * 1000 });
+    const engine = new EngineSupervisor(scheduler, log, {
+        stallTimeoutMs: config.engineStallTimeout * 1000,
+        state: config.stateDir === "" ? null : {
+            dir: path.resolve(config.stateDir), maxBytes: Math.floor(config.stateMaxMb * 1024 * 1024), saveIdleMs: config.stateSaveIdle * 1000
+        }
+    });
     scheduler.attach(engine);
     scheduler.onModelReady((info) => {
         metrics.modelServing(info.name);

@@ -5,6 +5,7 @@ import type { ChatTemplateMode, FlashAttentionMode, KvCacheType } from "../confi
 import type { ErrorCode } from "../protocol/errors.js";
 import type { ChatMessage } from "../protocol/ws-messages.js";
 import type { KeepKvContextStats, KeepKvOptions, KeepKvSequenceStats } from "./keepkv.js";
+import type { StateEvent, StateStoreOptions } from "./sequence-state-store.js";
 
 /** Milliseconds on the system-wide monotonic clock (comparable between processes on one machine). */
 export function monoMs(): number {
@@ -57,13 +58,16 @@ export type GenerateJob = {
     maxTokens: number | null,
     maxPromptTokens: number,
     sampling: SamplingSettings,
-    stop: string[]
+    stop: string[],
+    /** the conversation whose cache the sequence holds after this job (conversationKey()), or null */
+    conversationKey: string | null
 };
 
 export type EngineFinishReason = "stop" | "length" | "cancel" | "error";
 
 export type ToEngine =
-    | { t: "init", settings: EngineModelSettings }
+    /** state: where conversation states are saved, or null when they are not */
+    | { t: "init", settings: EngineModelSettings, state: StateStoreOptions | null }
     | { t: "generate", job: GenerateJob }
     | { t: "cancel", job: number }
     /** forget a slot's cached tokens (its conversation was evicted) */
@@ -99,4 +103,6 @@ export type FromEngine =
     | { t: "model_loaded", nonce: number, info: EngineModelInfo }
     | { t: "model_load_failed", nonce: number, message: string }
     | { t: "model_activated", nonce: number, info: EngineModelInfo, stats: EngineStatsSnapshot }
-    | { t: "model_discarded", nonce: number };
+    | { t: "model_discarded", nonce: number }
+    /** a conversation state was saved, restored, missed, refused or removed; diskBytes: what the folder holds now */
+    | ({ t: "state", diskBytes: number } & StateEvent);

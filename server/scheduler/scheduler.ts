@@ -10,6 +10,7 @@ import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
 } from "../engine/ipc.js";
 import type { EngineExit, EngineListener, EngineSupervisor } from "../engine/supervisor.js";
+import { conversationKey } from "./conversation-key.js";
 import { SlotPool } from "./slot-pool.js";
 
 export type RequestSpec = {
@@ -274,6 +275,15 @@ export class Scheduler implements EngineListener {
         return this.running.size > 0;
     }
 
+    onStateEvent(event: Extract<FromEngine, { t: "state" }>): void {
+        this.metrics.conversationState(event);
+        if (event.event === "refused")
+            this.log.warn("a saved conversation state was refused and deleted; the conversation is evaluated again",
+                { reason: event.reason, detail: event.message });
+        else if (event.event === "save_failed")
+            this.log.warn("a conversation state could not be saved", { error: event.message });
+    }
+
     // ---- model switch and shutdown
 
     /**
@@ -359,7 +369,8 @@ export class Scheduler implements EngineListener {
                     maxTokens,
                     maxPromptTokens: this.limits.maxPromptTokens,
                     sampling: request.spec.sampling,
-                    stop: request.spec.stop
+                    stop: request.spec.stop,
+                    conversationKey: conversationKey(request.spec)
                 }
             });
             if (!sent)
