@@ -208,11 +208,16 @@ export class EngineRuntime {
             this.state.emit({ event: "miss" });
             return prompt;
         }
+        // tokenized as the saved text was, but only if the state loads: nothing of a refused file is used
         const memo = stored.manifest.memo;
-        if (prompt.text != null && memo != null && memo.text !== "" && prompt.text.startsWith(memo.text))
-            prompt = { ...prompt, tokens: [...memo.tokens, ...loaded.prompts.continuation(prompt.text.slice(memo.text.length))] };
-        // a state of another history (the client changed it) holds nothing this prompt can use
-        if (commonPrefixLength(stored.manifest.tokens, prompt.tokens) <= commonPrefixLength(sequence.contextTokens, prompt.tokens)) {
+        const restored = prompt.text != null && memo != null && memo.text !== "" && prompt.text.startsWith(memo.text)
+            ? { ...prompt, tokens: [...memo.tokens, ...loaded.prompts.continuation(prompt.text.slice(memo.text.length))] }
+            : prompt;
+        // a state of another history (the client changed it) holds nothing this prompt can use; the
+        // conversation's own state wins a tie with what the sequence holds (the same tokens compressed
+        // along another path need not hold the same cells)
+        const gain = commonPrefixLength(stored.manifest.tokens, restored.tokens);
+        if (gain === 0 || gain < commonPrefixLength(sequence.contextTokens, prompt.tokens)) {
             this.state.emit({ event: "miss" });
             return prompt;
         }
@@ -222,8 +227,9 @@ export class EngineRuntime {
             if (!(err instanceof StateRefusedError))
                 throw err;
             this.state.emit({ event: "refused", reason: err.reason, message: err.message });
+            return prompt;
         }
-        return prompt;
+        return restored;
     }
 
     get info(): EngineModelInfo {
