@@ -136,6 +136,28 @@ describe("conversation states on disk", function () {
         }
     });
 
+    it("a conversation continues bit for bit after a switch to another model and back: the switch saves it", async function () {
+        fs.copyFileSync(path.join(path.dirname(testModelPath()), "stories260K.gguf"), path.join(tmp, "stories260K.gguf"));
+        const server = await startServer({ args: serverArgs(path.join(tmp, "switch"), ["--state-save-idle", "3600"]) });
+        try {
+            const first = await firstTurn(server, "c");
+            const to = async (name: string) => {
+                const { status, body } = await httpJson(`${server.url}/admin/model`, { body: { model: name } });
+                assert.equal(status, 200, JSON.stringify(body));
+            };
+            await to("stories260K.gguf");
+            assert.equal(await metric(server, "keepkv_conversation_state_saves_total"), 1, "the switch saved the conversation");
+            await chat(server, "other", opening, 20);
+            await to("stories3M.gguf");
+            const before = await evaluatedPromptTokens(server);
+            const second = await secondTurn(server, "c", first.text);
+            assertContinuesExactly(second, (await evaluatedPromptTokens(server)) - before);
+            assert.equal(await metric(server, "keepkv_conversation_state_restores_total"), 1);
+        } finally {
+            await server.stop();
+        }
+    });
+
     it("a state that is corrupted, of another format version, made with other settings or for another model file is refused, deleted and logged; the reply is evaluated again and is correct", async function () {
         // one saved conversation, copied for each case
         const saved = path.join(tmp, "saved");
