@@ -325,6 +325,8 @@ export class EngineRuntime {
         let cachedTokens = 0;
         let completionTokens = 0;
         let promptMs = 0;
+        /** prompt tokens evaluated (not taken from the cache) */
+        let promptEvaluated = 0;
         let finishReason: EngineFinishReason = "stop";
         let error: { code: ErrorCode, message: string } | undefined;
         let before: KeepKvSequenceStats | null = null;
@@ -385,7 +387,18 @@ export class EngineRuntime {
             const generated: Token[] = [];
             const { sampling } = job;
             const evalStart = monoMs();
-            const iterator = sequence.evaluate(prompt.tokens.slice(cachedTokens), {
+            // every whole batch of the prompt but the last is evaluated on its own (at the boundaries the
+            // context would cut anyway): each reports progress, so that the watchdog tells a long prompt
+            // from a hung engine, and a cancel (or a disconnect) stops the prompt at the next batch
+            const batch = Math.max(1, loaded.context.batchSize);
+            let next = cachedTokens;
+            while (promptTokens - next > batch && !running.cancelled) {
+                await sequence.evaluateWithoutGeneratingNewTokens(prompt.tokens.slice(next, next + batch));
+                next += batch;
+                promptEvaluated = next - cachedTokens;
+                this.send({ t: "progress", job: job.job, evaluated: next, total: promptTokens, sentAt: monoMs() });
+            }
+            const iterator = running.cancelled ? null : sequence.evaluate(prompt.tokens.slice(next), {
                 temperature: sampling.temperature,
                 topK: sampling.topK,
                 topP: sampling.topP,
@@ -400,9 +413,11 @@ export class EngineRuntime {
             let stopped = false;
             let emitted = "";
             finishReason = "stop";
-            for await (const token of iterator) {
-                if (completionTokens === 0)
+            for await (const token of iterator ?? []) {
+                if (completionTokens === 0) {
                     promptMs = monoMs() - evalStart;
+                    promptEvaluated = promptTokens - cachedTokens;
+                }
                 completionTokens++;
                 generated.push(token);
                 unsent++;
@@ -431,6 +446,8 @@ export class EngineRuntime {
             }
             if (completionTokens === 0)
                 promptMs = monoMs() - evalStart;
+            if (iterator != null)
+                promptEvaluated = promptTokens - cachedTokens;
             if (running.cancelled && finishReason === "stop" && !stopped)
                 finishReason = "cancel";
             if (!stopped) {
@@ -473,7 +490,7 @@ export class EngineRuntime {
             kv = null;
         }
         this.send({
-            t: "done", job: job.job, finishReason, promptTokens, completionTokens, cachedTokens, promptMs, kv,
+            t: "done", job: job.job, finishReason, promptTokens, completionTokens, cachedTokens, promptEvaluated, promptMs, kv,
             ...(error != null ? { error } : {}),
             sentAt: monoMs()
         });

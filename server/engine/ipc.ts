@@ -89,9 +89,13 @@ export type FromEngine =
     | { t: "init_failed", code: string, message: string }
     | { t: "started", job: number, promptTokens: number, cachedTokens: number, sentAt: number }
     | { t: "tokens", job: number, text: string, n: number, sentAt: number }
+    /** a batch of the prompt was evaluated: `evaluated` of its `total` tokens are in the sequence */
+    | { t: "progress", job: number, evaluated: number, total: number, sentAt: number }
     | {
         t: "done", job: number, finishReason: EngineFinishReason,
         promptTokens: number, completionTokens: number, cachedTokens: number,
+        /** prompt tokens evaluated: all but the cached ones, fewer when the request ended during its prompt */
+        promptEvaluated: number,
         /** evaluation of the uncached prompt tokens */
         promptMs: number,
         kv: KeepKvSequenceStats | null,

@@ -43,6 +43,10 @@ export class ServerMetrics {
         name: "keepkv_prompt_tokens_cached_total", help: "Prompt tokens whose KV state was reused from a conversation's cache instead of evaluated.",
         labelNames: ["model_name"], registers: [this.registry]
     });
+    private readonly promptTokensEvaluated = new Counter({
+        name: "keepkv_prompt_tokens_evaluated_total", help: "Prompt tokens the engine evaluated (neither cached nor skipped by a cancel during the prompt).",
+        labelNames: ["model_name"], registers: [this.registry]
+    });
     private readonly generationTokens = new Counter({
         name: "keepkv_generation_tokens_total", help: "Generated tokens.",
         labelNames: ["model_name"], registers: [this.registry]
@@ -248,6 +252,10 @@ export class ServerMetrics {
         this.promptTokens.labels(model).inc(promptTokens);
         this.promptTokensCached.labels(model).inc(cachedTokens);
         this.requestPromptTokens.labels(model).observe(promptTokens);
+    }
+
+    promptEvaluated(model: string, tokens: number): void {
+        this.promptTokensEvaluated.labels(model).inc(tokens);
     }
 
     firstToken(model: string, ttftSeconds: number): void {

@@ -220,6 +220,7 @@ export class Scheduler implements EngineListener {
                 request.promptTokens = message.promptTokens;
                 request.cachedTokens = message.cachedTokens;
                 request.promptMs = message.promptMs;
+                this.metrics.promptEvaluated(request.model, message.promptEvaluated);
                 const reason: FinishReason = message.finishReason === "cancel" ? (request.cancelReason ?? "cancel") : message.finishReason;
                 const kv = wireKv(this.modelInfo?.policy ?? "off", message.kv, request.slot);
                 this.finish(request, reason, message.error ?? null, kv);
