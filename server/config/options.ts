@@ -266,7 +266,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     engineStallTimeout: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 120,
-        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted. 0 disables the check.")
+        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted; a prompt being evaluated reports each batch (`--batch-size` tokens), so only one batch must fit in this time, not the whole prompt. 0 disables the check.")
     },
     shutdownGrace: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 5,
