@@ -62,6 +62,16 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         throw optionError(loaded, config.budget != null ? "budget" : config.contextSize > 0 ? "contextSize" : "sequences",
             `cannot fit in memory with ${inspection.id}: it ${memory.message}`);
 
+    if (config.stateDir !== "") {
+        // the engine writes there: a folder it cannot use is the configuration's fault, said before it starts
+        try {
+            fs.mkdirSync(config.stateDir, { recursive: true });
+            fs.accessSync(config.stateDir, fs.constants.W_OK | fs.constants.R_OK);
+        } catch (err) {
+            throw optionError(loaded, "stateDir", `cannot be used: ${(err as Error).message}`);
+        }
+    }
+
     const metrics = new ServerMetrics();
     const scheduler = new Scheduler({
         maxQueue: config.maxQueue,

@@ -217,6 +217,12 @@ describe("conversation states on disk", function () {
         }
     });
 
+    it("a --state-dir the server cannot use stops startup with a message naming the option", async function () {
+        const file = path.join(tmp, "a-file");
+        fs.writeFileSync(file, "");
+        await assert.rejects(startServer({ args: serverArgs(path.join(file, "states")) }), /--state-dir .*cannot be used: ENOTDIR/s);
+    });
+
     it("disk use stays under --state-max-mb: a conversation evicted from its sequence is saved, and the least recently used state is deleted first", async function () {
         const stateDir = path.join(tmp, "bounded");
         // one sequence: each new conversation takes it from the previous one, which is saved then (no idle save)

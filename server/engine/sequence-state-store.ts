@@ -98,13 +98,30 @@ export class StateRefusedError extends Error {
 }
 
 export class SequenceStateStore {
+    /** every saved state in the folder: its bytes and when it was last saved or restored (the LRU order) */
+    private readonly index = new Map<string, { bytes: number, used: number }>();
+    private totalBytes = 0;
+
     /** `emit` reports every save, restore, miss, refusal and removal (the engine sends them to the server) */
     constructor(readonly options: StateStoreOptions, readonly emit: (event: StateEvent) => void) {
         fs.mkdirSync(options.dir, { recursive: true });
-        // a write cut short by a crash leaves a temporary file that nothing will rename
-        for (const name of fs.readdirSync(options.dir))
+        for (const name of fs.readdirSync(options.dir)) {
+            const file = path.join(options.dir, name);
+            // a write cut short by a crash leaves a temporary file that nothing will rename
             if (name.endsWith(".tmp"))
-                fs.rmSync(path.join(options.dir, name), { force: true });
+                fs.rmSync(file, { force: true });
+            else if (name.endsWith(".json")) {
+                const base = file.slice(0, -".json".length);
+                const manifest = fs.statSync(file);
+                const state = fs.statSync(base + ".state", { throwIfNoEntry: false });
+                this.track(base, manifest.size + (state?.size ?? 0), manifest.mtimeMs);
+            }
+        }
+    }
+
+    private track(base: string, bytes: number, used: number): void {
+        this.totalBytes += bytes - (this.index.get(base)?.bytes ?? 0);
+        this.index.set(base, { bytes, used });
     }
 
     /**
@@ -118,6 +135,8 @@ export class SequenceStateStore {
     private remove(base: string): void {
         fs.rmSync(base + ".json", { force: true });
         fs.rmSync(base + ".state", { force: true });
+        this.totalBytes -= this.index.get(base)?.bytes ?? 0;
+        this.index.delete(base);
     }
 
     /** Writes the sequence's state for `key`: state file, then manifest, each through a renamed temporary file. */
@@ -134,10 +153,12 @@ export class SequenceStateStore {
                 memo: memo != null && memo.tokens.length >= tokens.length && tokens.every((t, i) => memo.tokens[i] === t) ? memo : null,
                 stateBytes, sha256: await fileSha256(tmp + ".state.tmp")
             };
-            fs.writeFileSync(tmp + ".json.tmp", JSON.stringify(manifest));
+            const manifestText = JSON.stringify(manifest);
+            fs.writeFileSync(tmp + ".json.tmp", manifestText);
             // the manifest last: a crash between the two renames leaves a manifest whose checksum fails
             fs.renameSync(tmp + ".state.tmp", base + ".state");
             fs.renameSync(tmp + ".json.tmp", base + ".json");
+            this.track(base, stateBytes + Buffer.byteLength(manifestText), Date.now());
             this.emit({ event: "saved", bytes: stateBytes });
         } finally {
             fs.rmSync(tmp + ".state.tmp", { force: true });
@@ -207,45 +228,26 @@ export class SequenceStateStore {
         // recently used: the last to go when the folder is over its limit
         const now = new Date();
         fs.utimesSync(base + ".json", now, now);
+        this.track(base, this.index.get(base)?.bytes ?? 0, now.getTime());
         this.emit({ event: "restored" });
     }
 
     /** Removes the least recently used states until the folder fits its limit (`keep`, just written, last). */
     private enforceLimit(keep: string): void {
-        const entries: { base: string, bytes: number, used: number }[] = [];
-        for (const name of fs.readdirSync(this.options.dir)) {
-            if (!name.endsWith(".json"))
-                continue;
-            const base = path.join(this.options.dir, name.slice(0, -".json".length));
-            try {
-                const manifest = fs.statSync(base + ".json");
-                const state = fs.statSync(base + ".state", { throwIfNoEntry: false });
-                entries.push({ base, bytes: manifest.size + (state?.size ?? 0), used: manifest.mtimeMs });
-            } catch {
-                // removed meanwhile
-            }
-        }
-        let total = entries.reduce((sum, e) => sum + e.bytes, 0);
-        entries.sort((a, b) => (a.base === keep ? 1 : 0) - (b.base === keep ? 1 : 0) || a.used - b.used);
-        for (const entry of entries) {
-            if (total <= this.options.maxBytes)
+        if (this.totalBytes <= this.options.maxBytes)
+            return;
+        const entries = [...this.index.entries()]
+            .sort(([a, x], [b, y]) => (a === keep ? 1 : 0) - (b === keep ? 1 : 0) || x.used - y.used);
+        for (const [base, entry] of entries) {
+            if (this.totalBytes <= this.options.maxBytes)
                 break;
-            this.remove(entry.base);
-            total -= entry.bytes;
+            this.remove(base);
             this.emit({ event: "removed", bytes: entry.bytes });
         }
     }
 
-    /** Bytes the folder's states take (0 when it cannot be read). */
+    /** Bytes the folder's states take. */
     diskBytes(): number {
-        let total = 0;
-        try {
-            for (const name of fs.readdirSync(this.options.dir))
-                if (name.endsWith(".json") || name.endsWith(".state"))
-                    total += fs.statSync(path.join(this.options.dir, name), { throwIfNoEntry: false })?.size ?? 0;
-        } catch {
-            return 0;
-        }
-        return total;
+        return this.totalBytes;
     }
 }
