@@ -136,6 +136,21 @@ describe("conversation states on disk", function () {
         }
     });
 
+    it("a conversation whose sequence --conversation-idle frees is saved then, and continues bit for bit", async function () {
+        const server = await startServer({ args: serverArgs(path.join(tmp, "released"), ["--conversation-idle", "0.5", "--state-save-idle", "3600"]) });
+        try {
+            const first = await firstTurn(server, "c");
+            await waitFor("the released conversation saved", async () => (await metric(server, "keepkv_conversation_state_saves_total")) >= 1 ? true : undefined, 30_000, 50);
+            // (no idle save within the test: the release wrote it, and the sequence no longer holds it)
+            const before = await evaluatedPromptTokens(server);
+            const second = await secondTurn(server, "c", first.text);
+            assertContinuesExactly(second, (await evaluatedPromptTokens(server)) - before);
+            assert.equal(await metric(server, "keepkv_conversation_state_restores_total"), 1);
+        } finally {
+            await server.stop();
+        }
+    });
+
     it("a conversation continues bit for bit after a switch to another model and back: the switch saves it", async function () {
         fs.copyFileSync(path.join(path.dirname(testModelPath()), "stories260K.gguf"), path.join(tmp, "stories260K.gguf"));
         const server = await startServer({ args: serverArgs(path.join(tmp, "switch"), ["--state-save-idle", "3600"]) });
