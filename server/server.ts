@@ -80,6 +80,16 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         throw optionError(loaded, config.budget != null ? "budget" : config.contextSize > 0 ? "contextSize" : "sequences",
             `cannot fit in memory with ${inspection.id}: it ${memory.message}`);
 
+    if (config.stateDir !== "") {
+        // the engine writes there: a folder it cannot use is the configuration's fault, said before it starts
+        try {
+            fs.mkdirSync(config.stateDir, { recursive: true });
+            fs.accessSync(config.stateDir, fs.constants.W_OK | fs.constants.R_OK);
+        } catch (err) {
+            throw optionError(loaded, "stateDir", `cannot be used: ${(err as Error).message}`);
+        }
+    }
+
     const metrics = new ServerMetrics();
     const scheduler = new Scheduler({
         maxQueue: config.maxQueue,
@@ -88,7 +98,12 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         maxPromptTokens: config.maxPromptTokens,
         conversationIdleMs: config.conversationIdle * 1000
     }, metrics, log, config.sequences);
-    const engine = new EngineSupervisor(scheduler, log, { stallTimeoutMs: config.engineStallTimeout * 1000 });
+    const engine = new EngineSupervisor(scheduler, log, {
+        stallTimeoutMs: config.engineStallTimeout * 1000,
+        state: config.stateDir === "" ? null : {
+            dir: path.resolve(config.stateDir), maxBytes: Math.floor(config.stateMaxMb * 1024 * 1024), saveIdleMs: config.stateSaveIdle * 1000
+        }
+    });
     scheduler.attach(engine);
     scheduler.onModelReady((info) => {
         metrics.modelServing(info.name);

@@ -54,6 +54,9 @@ export type ServerConfig = {
     maxMessageBytes: number,
     maxRequestsPerSocket: number,
     conversationIdle: number,
+    stateDir: string,
+    stateMaxMb: number,
+    stateSaveIdle: number,
     engineStallTimeout: number,
     shutdownGrace: number,
     wsPingInterval: number,
@@ -254,9 +257,22 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         group: "limits", schema: { type: "number", minimum: 0 }, default: 300,
         doc: seconds("How long an idle conversation keeps its sequence (and its cache) reserved. An idle conversation also loses its sequence earlier when a new request needs one and none is free (least recently used first).")
     },
+    stateDir: {
+        group: "limits", schema: { type: "string" }, default: "",
+        defaultDoc: "none (conversation states are not saved)",
+        doc: "Folder where conversation states (a conversation's KV cache, with its KeepKV votes and scores) are saved, so that a conversation continues without evaluating its history again after its sequence was needed for another one, an engine restart, a model switch and back, or a server restart. One server per folder."
+    },
+    stateMaxMb: {
+        group: "limits", schema: { type: "number", exclusiveMinimum: 0 }, default: 1024,
+        doc: "Disk space the saved conversation states may take, in MiB; beyond it the least recently used are deleted."
+    },
+    stateSaveIdle: {
+        group: "limits", schema: { type: "number", minimum: 0 }, default: 5,
+        doc: seconds("How long a conversation stays idle before its state is saved (it is also saved when its sequence is needed, at a model switch and at shutdown). A conversation that had not been idle this long when the engine crashed is evaluated again.")
+    },
     engineStallTimeout: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 120,
-        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted. 0 disables the check.")
+        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted; a prompt being evaluated reports each batch (`--batch-size` tokens), so only one batch must fit in this time, not the whole prompt. 0 disables the check.")
     },
     shutdownGrace: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 5,
