@@ -3,7 +3,8 @@
 // in order.
 import * as fs from "node:fs";
 import * as http from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
+import type { Duplex } from "node:stream";
 import * as path from "node:path";
 import { optionError, type LoadedConfig } from "./config/load-config.js";
 import { effectiveModelsDir, type ServerConfig } from "./config/options.js";
@@ -19,10 +20,14 @@ import { ModelCatalog } from "./models/model-catalog.js";
 import { ModelSwitcher } from "./models/model-switcher.js";
 import { openAiErrorBody } from "./protocol/errors.js";
 import { Scheduler } from "./scheduler/scheduler.js";
-import { keyRingFrom } from "./security/api-keys.js";
-import { effectiveAllowedHosts } from "./security/hosts.js";
+import { keyRingFrom, type KeyRing } from "./security/api-keys.js";
+import { ConnectionLimiter } from "./security/connection-limit.js";
+import { effectiveAllowedHosts, openBindAllowed } from "./security/hosts.js";
 import { RateLimiter } from "./security/rate-limit.js";
 import { WsGateway } from "./ws/ws-gateway.js";
+
+/** how long a connection over the caps may stay open waiting for the request it is answered on */
+const refusedSocketLingerMs = 2000;
 
 export type RunningServer = {
     url: string,
@@ -41,10 +46,20 @@ export function resolveModelPath(config: ServerConfig): string {
     return fs.existsSync(inDir) ? inDir : path.resolve(config.model);
 }
 
+function checkOpenBind(loaded: LoadedConfig, keys: KeyRing): void {
+    if (openBindAllowed(loaded.config, keys))
+        return;
+    throw optionError(loaded, "host",
+        "binds beyond loopback without an API key of role user or admin (a metrics key guards /metrics only), so anyone who "
+        + "can reach the port could use the server: set --api-key (KEEPKV_API_KEY), --api-keys or --api-key-file, bind 127.0.0.1, "
+        + "or pass --insecure (KEEPKV_INSECURE=true) to run it open anyway");
+}
+
 export async function startServer(loaded: LoadedConfig, log: Logger): Promise<RunningServer> {
     const { config } = loaded;
     // bad or duplicate keys stop startup before anything loads
     const keys = keyRingFrom(config);
+    checkOpenBind(loaded, keys);
     const modelPath = resolveModelPath(config);
     const inspection = await inspectModelFile(modelPath);
     if (!inspection.valid)
@@ -65,6 +80,16 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         throw optionError(loaded, config.budget != null ? "budget" : config.contextSize > 0 ? "contextSize" : "sequences",
             `cannot fit in memory with ${inspection.id}: it ${memory.message}`);
 
+    if (config.stateDir !== "") {
+        // the engine writes there: a folder it cannot use is the configuration's fault, said before it starts
+        try {
+            fs.mkdirSync(config.stateDir, { recursive: true });
+            fs.accessSync(config.stateDir, fs.constants.W_OK | fs.constants.R_OK);
+        } catch (err) {
+            throw optionError(loaded, "stateDir", `cannot be used: ${(err as Error).message}`);
+        }
+    }
+
     const metrics = new ServerMetrics();
     const scheduler = new Scheduler({
         maxQueue: config.maxQueue,
@@ -73,7 +98,12 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         maxPromptTokens: config.maxPromptTokens,
         conversationIdleMs: config.conversationIdle * 1000
     }, metrics, log, config.sequences);
-    const engine = new EngineSupervisor(scheduler, log, { stallTimeoutMs: config.engineStallTimeout * 1000 });
+    const engine = new EngineSupervisor(scheduler, log, {
+        stallTimeoutMs: config.engineStallTimeout * 1000,
+        state: config.stateDir === "" ? null : {
+            dir: path.resolve(config.stateDir), maxBytes: Math.floor(config.stateMaxMb * 1024 * 1024), saveIdleMs: config.stateSaveIdle * 1000
+        }
+    });
     scheduler.attach(engine);
     scheduler.onModelReady((info) => {
         metrics.modelServing(info.name);
@@ -105,7 +135,35 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         config, scheduler, engine, metrics, catalog, switcher, keys, startupModel: modelPath,
         isShuttingDown: () => shuttingDown, rateLimiter
     });
-    const server = http.createServer(app);
+    // connections beyond the caps: their requests (and upgrades) are answered 503 too_many_connections
+    // by the handler below, then they close; they are not counted
+    const connections = new ConnectionLimiter(config.maxConnections, config.maxConnectionsPerAddress);
+    const refusedSockets = new WeakMap<Duplex, string>();
+    const server = http.createServer({ maxHeaderSize: config.maxHeaderBytes }, (req, res) => {
+        const refusal = refusedSockets.get(req.socket);
+        if (refusal == null) {
+            app(req, res);
+            return;
+        }
+        metrics.requestRefused("too_many_connections");
+        const body = JSON.stringify(openAiErrorBody({ code: "too_many_connections", message: refusal }));
+        res.writeHead(503, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body), Connection: "close" });
+        res.end(body, () => req.socket.destroy());
+    });
+    // before node's own listener, so that the decision is made before the first request is parsed
+    server.prependListener("connection", (socket: Socket) => {
+        // behind a trusted proxy every connection comes from the proxy: counted in the total only
+        const decision = connections.acquire(config.trustProxy ? null : socket.remoteAddress ?? "unknown");
+        if (decision.ok) {
+            socket.once("close", decision.release);
+            return;
+        }
+        refusedSockets.set(socket, decision.message);
+        // one that never sends a request must not hold its descriptor for the header timeout
+        const timer = setTimeout(() => socket.destroy(), refusedSocketLingerMs);
+        timer.unref();
+        socket.once("close", () => clearTimeout(timer));
+    });
     server.keepAliveTimeout = 5000;
     // a request that is not valid HTTP gets a JSON error like any other, then the connection closes
     server.on("clientError", (err: NodeJS.ErrnoException, socket) => {
@@ -127,7 +185,10 @@ export async function startServer(loaded: LoadedConfig, log: Logger): Promise<Ru
         pingIntervalMs: config.wsPingInterval * 1000,
         allowedHosts: effectiveAllowedHosts(config.host, config.allowedHosts),
         rateLimiter,
-        trustProxy: config.trustProxy
+        trustProxy: config.trustProxy,
+        connectionRefusal: (socket) => refusedSockets.get(socket) ?? null,
+        // the TCP count above cannot tell a proxy's clients apart; their WebSockets are counted by forwarded address
+        ...(config.trustProxy ? { forwardedConnections: new ConnectionLimiter(Infinity, config.maxConnectionsPerAddress) } : {})
     });
 
     await new Promise<void>((resolve, reject) => {

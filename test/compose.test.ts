@@ -9,7 +9,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parse as parseYaml } from "yaml";
 import { repoRoot } from "../scripts/lib/paths.js";
+import { loadConfig } from "../server/config/load-config.js";
 import { envOf, optionKeys } from "../server/config/options.js";
+import { keyRingFrom } from "../server/security/api-keys.js";
+import { effectiveAllowedHosts, hostAllowed, openBindAllowed } from "../server/security/hosts.js";
 import { promtoolBinary } from "./helpers/prometheus.js";
 
 const dockerCompose = process.env.KEEPKV_DOCKER_COMPOSE ?? "/usr/bin/docker-compose";
@@ -105,6 +108,33 @@ describe("docker-compose files and the Prometheus configuration (no Docker engin
         // nginx waits for healthy replicas; Grafana for Prometheus
         assert.deepEqual(Object.keys(services["nginx"]!.depends_on ?? {}).sort(), ["keepkv", "keepkv-2"]);
         assert.equal(services["grafana"]!.depends_on?.prometheus?.condition, "service_healthy");
+    });
+
+    it("publishes every port on the host's 127.0.0.1 only; the server inside binds 0.0.0.0, which it accepts only because the file says --insecure, and keeps its Host check", function () {
+        for (const [files, profiles] of [[[base], []], [[base], ["scale"]], [[base, cuda], []], [[base, cuda], ["scale"]]] as const) {
+            const config = resolved([...files], [...profiles]);
+            for (const [name, service] of Object.entries(config.services))
+                for (const port of service.ports ?? []) {
+                    // short syntax "127.0.0.1:8080:8080" or the long form docker-compose config writes
+                    const hostIp = typeof port === "string" ? (port.split(":").length === 3 ? port.split(":")[0] : "") : (port as { host_ip?: string }).host_ip;
+                    assert.equal(hostIp, "127.0.0.1", `${files.join(" + ")}: ${name} publishes ${JSON.stringify(port)}`);
+                }
+        }
+        const env = resolved([base], ["scale"]).services["keepkv"]!.environment as NodeJS.ProcessEnv;
+        const { config } = loadConfig([], env);
+        assert.equal(config.host, "0.0.0.0");
+        assert.equal(config.apiKey, null);
+        const bindAllowed = (c: typeof config) => openBindAllowed(c, keyRingFrom(c));
+        assert.equal(bindAllowed(config), true, "the stack starts without a key");
+        assert.equal(bindAllowed(loadConfig([], { ...env, KEEPKV_INSECURE: "false" }).config), false, "and KEEPKV_INSECURE=false makes it insist on one");
+        assert.equal(bindAllowed(loadConfig([], { ...env, KEEPKV_INSECURE: "false", KEEPKV_API_KEY: "k" }).config), true);
+        assert.equal(bindAllowed(loadConfig([], { ...env, KEEPKV_INSECURE: "false", KEEPKV_API_KEYS: "alice:user:alice-key-0123456789" }).config), true, "a user key counts");
+        assert.equal(bindAllowed(loadConfig([], { ...env, KEEPKV_INSECURE: "false", KEEPKV_METRICS_API_KEY: "m" }).config), false, "a metrics key alone leaves the API open");
+        // the names the stack's own services use pass the Host check; a rebinding name does not
+        const policy = effectiveAllowedHosts(config.host, config.allowedHosts);
+        for (const host of ["keepkv:8080", "keepkv-2:8080", "localhost:8080", "127.0.0.1:8080", "172.18.0.3:8080"])
+            assert.equal(hostAllowed(host, policy), true, host);
+        assert.equal(hostAllowed("evil.example:8080", policy), false);
     });
 
     it("every KEEPKV_ variable the compose files set is an option of the server", function () {

@@ -36,12 +36,15 @@ type Expected =
 
 /**
  * What the server must answer to one WebSocket frame, from the published schemas and the documented
- * order of checks (JSON, object, type, authentication, id, schema).
+ * order of checks (size, UTF-8; before authentication: a valid auth message or close 1008; then JSON,
+ * object, type, id, schema).
  */
 function expectedWsAnswer(frame: Frame, authenticated: boolean, apiKey: string | null): Expected {
     const bytes = typeof frame.data === "string" ? Buffer.from(frame.data) : frame.data;
     if (bytes.length > maxMessageBytes)
         return { kind: "close", code: 1009 };
+    if (!authenticated && frame.binary)
+        return { kind: "close", code: 1008 };
     if (frame.binary)
         return { kind: "error", code: "invalid_message", id: null };
     const text = bytes.toString("utf8");
@@ -51,7 +54,12 @@ function expectedWsAnswer(frame: Frame, authenticated: boolean, apiKey: string |
     try {
         message = JSON.parse(text);
     } catch {
-        return { kind: "error", code: "invalid_json", id: null };
+        return authenticated ? { kind: "error", code: "invalid_json", id: null } : { kind: "close", code: 1008 };
+    }
+    if (!authenticated) {
+        if (!validators.wsClient.auth!(message))
+            return { kind: "close", code: 1008 };
+        return apiKey != null && (message as { token: string }).token !== apiKey ? { kind: "close", code: 1008 } : { kind: "auth_ok" };
     }
     if (message == null || typeof message !== "object" || Array.isArray(message))
         return { kind: "error", code: "invalid_message", id: null };
@@ -61,8 +69,6 @@ function expectedWsAnswer(frame: Frame, authenticated: boolean, apiKey: string |
         return { kind: "error", code: "invalid_message", id };
     if (!["chat", "cancel", "auth", "ping"].includes(record.type))
         return { kind: "error", code: "unknown_type", id };
-    if (!authenticated && record.type !== "auth")
-        return { kind: "close", code: 1008 };
     if ((record.type === "chat" || record.type === "cancel") && !("id" in record))
         return { kind: "error", code: "missing_id", id: null };
     if (!validators.wsClient[record.type]!(message))
@@ -430,7 +436,7 @@ describe(`fuzzing the server (${totalCases} cases, seed ${seed})`, function () {
             await fuzzer.close();
             assert.deepEqual(fuzzer.failures.slice(0, 10), [], `${fuzzer.failures.length} failures`);
             assert.ok((fuzzer.closes[1008] ?? 0) > 0, JSON.stringify(fuzzer.closes));
-            assert.equal((await httpJson(`${guarded.url}/health`)).body.engine.restarts, 0);
+            assert.equal((await httpJson(`${guarded.url}/health`, { headers: { Authorization: `Bearer ${apiKey}` } })).body.engine.restarts, 0);
         } finally {
             assert.deepEqual(await guarded.stop(), { code: 0, signal: null });
         }

@@ -2,14 +2,16 @@
 // file, --api-keys), what each role may call, conversations that belong to the principal that names them
 // (another principal naming the same id gets a conversation of its own and learns nothing: no lock, no
 // wipe, no cached tokens), sequences that start empty when they change owner, conversation ids shown
-// only to their owner and to admins, server-issued ids, and a key file checked at startup.
+// only to their owner and to admins, server-issued ids, a key file checked at startup, and where keys meet
+// the network defaults (rate limits per principal, /health details, open binds, auth-first WebSockets).
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { WsConversationMessage, WsFinalMessage } from "../server/protocol/ws-messages.js";
-import { httpJson, serverEntry, startServer, type ServerHandle } from "./helpers/server-process.js";
+import { requestFrom } from "./helpers/raw-http.js";
+import { httpJson, serverEntry, startServer, testServerArgs, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 const keys = {
@@ -314,5 +316,104 @@ describe("identities: keys are checked at startup", function () {
         } finally {
             await server.stop();
         }
+    });
+});
+
+// Where the identities meet the network defaults: the rate limit's key bucket is the principal, /health's
+// details go to the keys that may use the API, the open-bind check counts keys from every source, and
+// the WebSocket's auth-first rule applies to the identities' own messages.
+describe("identities with the network defaults: rate limits per principal, /health details, open binds", function () {
+    let dir: string;
+    let server: ServerHandle;
+    before(async function () {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), "keepkv-identities-"));
+        // no --api-key: every key comes from the key file, and that is enough to bind beyond loopback
+        server = await startServer({ args: ["--sequences", "1", "--host", "0.0.0.0", "--rate-limit", "4", "--api-key-file", writeKeyFile(dir, keyFile)] });
+    });
+    after(async function () {
+        await server?.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
+    });
+    const from = (localAddress: string, p: string, key: string, body?: object) =>
+        requestFrom(server.port, { localAddress, path: p, headers: bearer(key), ...(body != null ? { body } : {}) });
+    const chat = (localAddress: string, key: string) => from(localAddress, "/v1/completions", key, { prompt: "Hi", max_tokens: 1 });
+
+    it("a key's allowance belongs to its principal, across addresses and on both APIs; another principal has its own", async function () {
+        for (const address of ["127.0.0.21", "127.0.0.21", "127.0.0.22", "127.0.0.22"])
+            assert.equal((await chat(address, keys.alice)).status, 200, address);
+        const fifth = await chat("127.0.0.23", keys.alice);
+        assert.equal(fifth.status, 429, "alice from a fresh address: her allowance is spent");
+        assert.equal(JSON.parse(fifth.body).error.code, "rate_limited");
+        const ws = await WsTestClient.connect(server.wsUrl, { headers: bearer(keys.alice) });
+        const refused = await ws.chat({ prompt: "Hi", max_tokens: 1 }).done as { type: string, code?: string };
+        assert.equal(refused.code, "rate_limited", JSON.stringify(refused));
+        await ws.close();
+        // bob, from the address alice was just refused on, has his own allowance
+        assert.equal((await chat("127.0.0.23", keys.bob)).status, 200);
+    });
+
+    it("wrong tokens count against their address (also on /health); an address out of allowance gets 429 for a right key and /health's status only", async function () {
+        for (let i = 0; i < 3; i++)
+            assert.equal((await from("127.0.0.24", "/v1/models", `not-a-key-${i}-0000000`)).status, 401);
+        const probe = await from("127.0.0.24", "/health", "not-a-key-x-0000000");
+        assert.equal(probe.status, 200);
+        assert.deepEqual(JSON.parse(probe.body), { status: "ok" });
+        assert.equal((await from("127.0.0.24", "/v1/models", keys.bob)).status, 429, "the fourth wrong token was the one sent to /health");
+        const health = await from("127.0.0.24", "/health", keys.bob);
+        assert.deepEqual(JSON.parse(health.body), { status: "ok" }, "no details while the address is out of allowance");
+        assert.equal((await from("127.0.0.25", "/v1/models", keys.bob)).status, 200, "another address is not affected");
+    });
+
+    it("/health adds the engine's details for user and admin keys, not for a metrics key or none", async function () {
+        for (const key of [keys.alice, keys.root]) {
+            const body = JSON.parse((await from("127.0.0.26", "/health", key)).body);
+            assert.equal(body.status, "ok");
+            assert.equal(typeof body.model, "string");
+            assert.equal(typeof body.engine.pid, "number");
+        }
+        for (const headers of [bearer(keys.prom), {} as Record<string, string>])
+            assert.deepEqual(JSON.parse((await requestFrom(server.port, { localAddress: "127.0.0.26", path: "/health", headers })).body), { status: "ok" });
+    });
+
+    it("WebSocket: before auth a new_conversation closes the socket (1008); after a user key's auth it is answered", async function () {
+        const early = await WsTestClient.connect(server.wsUrl, { headers: { Origin: server.url } });
+        early.send({ type: "new_conversation", id: "n" });
+        const refusal = await early.nextError(null);
+        assert.equal(refusal.code, "unauthorized");
+        // refused for the message itself, not by the 10 s auth timer
+        assert.match(refusal.message, /authenticate first/);
+        assert.equal((await early.closed).code, 1008);
+        const page = await WsTestClient.connect(server.wsUrl, { headers: { Origin: server.url } });
+        const ok = page.next((m) => m.type === "auth_ok");
+        page.send({ type: "auth", token: keys.alice });
+        await ok;
+        const issued = page.next((m) => m.type === "conversation") as Promise<WsConversationMessage>;
+        page.send({ type: "new_conversation", id: "n" });
+        assert.match((await issued).conversation_id, /^conv_[0-9a-f]{32}$/);
+        await page.close();
+    });
+
+    it("/v1/kv read through the shared statistics cache: concurrent readers each see only their own conversation ids", async function () {
+        const reply = await from("127.0.0.27", "/v1/completions", keys.root, { prompt: story, max_tokens: 2, temperature: 0, conversation_id: "root-private-conversation" });
+        assert.equal(reply.status, 200, reply.body);
+        // at once, so that they share one engine read (or its cached snapshot)
+        const readers = [keys.root, keys.alice, keys.root, keys.bob, keys.alice, keys.root];
+        const answers = await Promise.all(readers.map((key) => from("127.0.0.27", "/v1/kv", key)));
+        answers.forEach((answer, i) => {
+            assert.equal(answer.status, 200);
+            const ids = (JSON.parse(answer.body) as { sequences: { conversation_id: string | null }[] }).sequences.map((q) => q.conversation_id);
+            if (readers[i] === keys.root)
+                assert.deepEqual(ids, ["root-private-conversation"], `reader ${i}`);
+            else
+                assert.deepEqual(ids, [null], `reader ${i} (not the owner, not an admin)`);
+        });
+    });
+
+    it("binding beyond loopback: a key file's keys count (this server binds 0.0.0.0 with nothing else); a metrics key alone does not", function () {
+        const refused = spawnSync(process.execPath, [serverEntry, ...testServerArgs, "--port", "0", "--host", "0.0.0.0"],
+            { encoding: "utf8", timeout: 60_000, env: { ...process.env, KEEPKV_METRICS_API_KEY: "metrics-only-key-000000" } });
+        assert.equal(refused.status, 2, refused.stderr);
+        assert.match(refused.stderr, /--host .*binds beyond loopback without an API key of role user or admin/);
+        assert.doesNotMatch(refused.stdout, /listening/);
     });
 });

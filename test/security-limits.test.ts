@@ -1,9 +1,15 @@
 // The configurable limits, each enforced by the real server with its documented error: message size,
-// prompt tokens, max tokens, requests in flight per socket, requests per minute per client, stop strings.
+// prompt tokens, max tokens, requests in flight per socket, requests per minute per client and per key
+// (wrong tokens counted), stop strings and sampling numbers, connections per address and in total,
+// header size, unread WebSocket output of every kind, and how often statistics reads reach the engine.
 import assert from "node:assert/strict";
+import * as crypto from "node:crypto";
+import * as net from "node:net";
 import type { WsErrorMessage, WsFinalMessage } from "../server/protocol/ws-messages.js";
+import { validators } from "../server/protocol/schemas.js";
 import { RateLimiter } from "../server/security/rate-limit.js";
-import { httpJson, startServer, type ServerHandle } from "./helpers/server-process.js";
+import { requestFrom } from "./helpers/raw-http.js";
+import { httpJson, startServer, waitFor, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 describe("limits", function () {
@@ -136,6 +142,193 @@ describe("limits", function () {
             await client.close();
         } finally {
             await own.stop();
+        }
+    });
+    it("sampling numbers are checked strictly: no Infinity (1e400 in JSON), no out-of-range integers, no repeat_penalty of 0", async function () {
+        const client = await WsTestClient.connect(server.wsUrl);
+        const bad: [string, string][] = [
+            ["seed", "1e400"], ["seed", "-1e400"], ["seed", "1e300"], ["top_k", "1e400"], ["top_k", "1e12"], ["max_tokens", "1e400"],
+            ["temperature", "1e400"], ["repeat_penalty", "0"], ["repeat_penalty", "0.01"], ["repeat_penalty", "1e400"], ["min_p", "-1e400"]
+        ];
+        for (const [field, value] of bad) {
+            const ws = client.nextError(`bad-${field}-${value}`);
+            client.send(`{"type":"chat","id":"bad-${field}-${value}","prompt":"Hi","${field}":${value}}`);
+            const refused = await ws;
+            assert.equal(refused.code, "invalid_message", `${field}: ${value}`);
+            assert.match(refused.message, new RegExp(field));
+            for (const path of ["/v1/completions", "/v1/chat/completions"]) {
+                const body = path === "/v1/completions" ? `{"prompt":"Hi","${field}":${value}}` : `{"messages":[{"role":"user","content":"Hi"}],"${field}":${value}}`;
+                const http = await httpJson(`${server.url}${path}`, { body });
+                assert.equal(http.status, 400, `${path} ${field}: ${value}`);
+                assert.equal(http.body.error.code, "invalid_message");
+            }
+        }
+        await client.close();
+        // the edges that stay valid (checked against the schema: this server's rate limit is spent)
+        assert.equal(validators.wsClient.chat!({ type: "chat", id: "edge", prompt: "Once", max_tokens: 2_147_483_647, repeat_penalty: 0.1, seed: Number.MIN_SAFE_INTEGER, top_k: 2_147_483_647 }), true);
+    });
+});
+
+describe("limits: rate per key and per address, wrong tokens counted", function () {
+    const apiKey = "rate-key-5c2a91";
+    let server: ServerHandle;
+    before(async function () {
+        server = await startServer({ args: ["--sequences", "1", "--rate-limit", "4"], env: { KEEPKV_API_KEY: apiKey } });
+    });
+    after(async function () {
+        await server?.stop();
+    });
+    const chat = (localAddress: string, token: string) => requestFrom(server.port, {
+        localAddress, path: "/v1/completions", body: { prompt: "Hi", max_tokens: 1 }, headers: { Authorization: `Bearer ${token}` }
+    });
+
+    it("wrong tokens use up the address's allowance; then even the right token is refused unchecked (429), on HTTP and at the upgrade", async function () {
+        for (let i = 0; i < 4; i++)
+            assert.equal((await chat("127.0.0.4", `guess-${i}`)).status, 401);
+        const fifth = await chat("127.0.0.4", "guess-5");
+        assert.equal(fifth.status, 429);
+        assert.equal(JSON.parse(fifth.body).error.code, "rate_limited");
+        assert.ok(Number(fifth.headers["retry-after"]) >= 1);
+        const right = await chat("127.0.0.4", apiKey);
+        assert.equal(right.status, 429, "the right key learns nothing while the address is out of allowance");
+        const models = await requestFrom(server.port, { localAddress: "127.0.0.4", path: "/v1/models", headers: { Authorization: `Bearer ${apiKey}` } });
+        assert.equal(models.status, 429);
+        const upgrade = await requestFrom(server.port, {
+            localAddress: "127.0.0.4", path: "/v1/ws",
+            headers: { Authorization: `Bearer ${apiKey}`, Connection: "Upgrade", Upgrade: "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==" }
+        });
+        assert.equal(upgrade.status, 429);
+        // another address is not affected, and /health needs no allowance
+        assert.equal((await requestFrom(server.port, { localAddress: "127.0.0.4", path: "/health" })).status, 200);
+        assert.equal((await requestFrom(server.port, { localAddress: "127.0.0.5", path: "/v1/models", headers: { Authorization: `Bearer ${apiKey}` } })).status, 200);
+    });
+
+    it("one key shares one allowance across addresses", async function () {
+        for (const address of ["127.0.0.6", "127.0.0.6", "127.0.0.7", "127.0.0.7"])
+            assert.equal((await chat(address, apiKey)).status, 200, address);
+        const fifth = await chat("127.0.0.8", apiKey);
+        assert.equal(fifth.status, 429, "a fresh address with the same key");
+        assert.match(JSON.parse(fifth.body).error.message, /rate-limit/);
+        // a WebSocket with the same key: the same allowance
+        const client = await WsTestClient.connect(server.wsUrl, { headers: { Authorization: `Bearer ${apiKey}` } });
+        const refused = await client.chat({ prompt: "Hi", max_tokens: 1 }).done;
+        assert.equal(refused.type, "error");
+        assert.equal((refused as WsErrorMessage).code, "rate_limited");
+        await client.close();
+    });
+});
+
+describe("limits: connections, headers, unread output, statistics reads", function () {
+    it("connections: beyond max-connections-per-address from one address, and beyond max-connections in all, requests and upgrades get 503 too_many_connections", async function () {
+        const server = await startServer({ args: ["--sequences", "1", "--max-connections-per-address", "3", "--max-connections", "5"] });
+        const held: net.Socket[] = [];
+        const hold = async (localAddress: string) => {
+            const socket = net.connect({ host: "127.0.0.1", port: server.port, localAddress });
+            await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+            held.push(socket);
+        };
+        try {
+            for (let i = 0; i < 3; i++)
+                await hold("127.0.0.1");
+            const over = await requestFrom(server.port, { path: "/health" });
+            assert.equal(over.status, 503);
+            assert.equal(JSON.parse(over.body).error.code, "too_many_connections");
+            assert.match(JSON.parse(over.body).error.message, /max-connections-per-address/);
+            assert.equal(await WsTestClient.upgradeStatus(server.wsUrl), 503);
+            // another address still gets in, up to the total
+            assert.equal((await requestFrom(server.port, { localAddress: "127.0.0.2", path: "/health" })).status, 200);
+            await hold("127.0.0.2");
+            await hold("127.0.0.2");
+            const full = await requestFrom(server.port, { localAddress: "127.0.0.3", path: "/health" });
+            assert.equal(full.status, 503);
+            assert.match(JSON.parse(full.body).error.message, /max-connections\)/);
+            // closed connections free their places
+            for (const socket of held.splice(0))
+                socket.destroy();
+            await waitFor("the places to free", async () => (await requestFrom(server.port, { path: "/health" })).status === 200 ? true : undefined);
+            const client = await WsTestClient.connect(server.wsUrl);
+            assert.equal((await client.chat({ prompt: "Once", max_tokens: 2 }).done).type, "final");
+            await client.close();
+        } finally {
+            for (const socket of held)
+                socket.destroy();
+            await server.stop();
+        }
+    });
+
+    it("header size: a request head over max-header-bytes gets 431 and the server keeps serving", async function () {
+        const server = await startServer({ args: ["--sequences", "1", "--max-header-bytes", "4096"] });
+        try {
+            const big = await requestFrom(server.port, { path: "/health", headers: { "X-Big": "b".repeat(6000) } });
+            assert.equal(big.status, 431);
+            const fits = await requestFrom(server.port, { path: "/health", headers: { "X-Fits": "f".repeat(3000) } });
+            assert.equal(fits.status, 200);
+        } finally {
+            await server.stop();
+        }
+    });
+
+    it("unread output of any kind: a client that sends pings without reading the pongs is disconnected past ws-max-buffered-bytes", async function () {
+        const server = await startServer({ args: ["--sequences", "1", "--ws-max-buffered-bytes", "65536"] });
+        try {
+            // a raw WebSocket client that never reads: the server's answers pile up in the kernel, then in ws
+            const socket = net.connect({ host: "127.0.0.1", port: server.port });
+            await new Promise<void>((resolve, reject) => socket.once("connect", resolve).once("error", reject));
+            socket.write(`GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:${server.port}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n");
+            socket.pause();
+            let ended = false;
+            const closed = new Promise<void>((resolve) => socket.once("close", () => { ended = true; resolve(); }));
+            socket.on("error", () => undefined);
+            const ping = JSON.stringify({ type: "ping", id: "p".repeat(128) });
+            const frame = (payload: Buffer) => {
+                const mask = crypto.randomBytes(4);
+                const head = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length]) : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
+                const body = Buffer.from(payload.map((b, i) => b ^ mask[i % 4]!));
+                return Buffer.concat([head, mask, body]);
+            };
+            const batch = Buffer.concat(Array.from({ length: 1000 }, () => frame(Buffer.from(ping))));
+            // 200 batches: 200,000 pongs, about 30 MB, far beyond any kernel buffer; sent until the server hangs up
+            for (let i = 0; i < 200 && !ended; i++)
+                if (!socket.write(batch))
+                    await Promise.race([new Promise((r) => socket.once("drain", r)), closed]);
+            const dropped = /keepkv_clients_dropped_total\{api="ws",reason="slow_consumer"\} 1/;
+            await waitFor("the server to drop the client", async () => dropped.test(await (await fetch(`${server.url}/metrics`)).text()) ? true : undefined);
+            // (a paused socket sees the hang-up only once it reads what came before it)
+            socket.resume();
+            await closed;
+            assert.equal((await httpJson(`${server.url}/health`)).status, 200);
+        } finally {
+            await server.stop();
+        }
+    });
+
+    it("statistics: a burst of /v1/kv and /metrics reads reaches the engine a few times, not once per read", async function () {
+        const server = await startServer({ args: ["--sequences", "1"] });
+        try {
+            const reads = async () => {
+                const text = await (await fetch(`${server.url}/metrics`)).text();
+                return Number(/^keepkv_engine_stats_reads_total (\d+)/m.exec(text)?.[1] ?? NaN);
+            };
+            const before = await reads();
+            const started = Date.now();
+            // 40 at a time (each on its own connection, under the per-address cap), 200 in all
+            for (let round = 0; round < 5; round++) {
+                const statuses = await Promise.all(Array.from({ length: 40 }, (_, i) => requestFrom(server.port, { path: i % 2 === 0 ? "/v1/kv" : "/metrics" }).then((r) => r.status)));
+                assert.deepEqual([...new Set(statuses)], [200]);
+            }
+            const elapsed = Date.now() - started;
+            const after = await reads();
+            // one read per 500 ms of the burst at most (plus the one in flight at each end); without the cache, 200
+            assert.ok(after - before <= Math.ceil(elapsed / 500) + 2, `${after - before} engine reads for 200 requests in ${elapsed} ms`);
+            // and a finished request is seen at once
+            const client = await WsTestClient.connect(server.wsUrl);
+            await client.chat({ prompt: "Once upon a time", max_tokens: 3, conversation_id: "seen" }).done;
+            await client.close();
+            const kv = await httpJson(`${server.url}/v1/kv`);
+            assert.ok(kv.body.sequences[0].logical_tokens > 0);
+        } finally {
+            await server.stop();
         }
     });
 });

@@ -9,7 +9,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { tokenMatches } from "../server/http/auth.js";
 import { hostAllowed, effectiveAllowedHosts } from "../server/security/hosts.js";
-import { httpJson, serverEntry, startServer, type ServerHandle } from "./helpers/server-process.js";
+import { httpJson, serverEntry, startServer, testServerArgs, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient } from "./helpers/ws-client.js";
 
 /** A raw HTTP request, so that the Host header can be anything (fetch does not let a test set it). */
@@ -113,6 +113,34 @@ describe("security: tokens", function () {
         await good.close();
     });
 
+    it("/health without the token says only ok (or loading): no model name, path or pid; with the token it adds the engine's details", async function () {
+        for (const token of [undefined, "wrong", metricsKey]) {
+            const res = await call({ method: "GET", path: "/health" }, token);
+            assert.equal(res.status, 200);
+            assert.deepEqual(res.body, { status: "ok" }, `with ${JSON.stringify(token)}`);
+        }
+        const full = await call({ method: "GET", path: "/health" }, apiKey);
+        assert.equal(full.body.status, "ok");
+        assert.equal(full.body.model, "stories3M-q8_0.gguf");
+        assert.equal(typeof full.body.engine.pid, "number");
+    });
+
+    it("WebSocket: before authenticating, anything but a valid auth message (another type, bad JSON, a binary frame, a non-object) closes the socket with 1008", async function () {
+        const frames: (string | Buffer)[] = [
+            JSON.stringify({ type: "chat", id: "c", prompt: "hi" }), "{not json", Buffer.from([1, 2, 3]), "[1,2]", "42",
+            JSON.stringify({ type: "nonsense" }), JSON.stringify({ type: "auth" }), JSON.stringify({ type: "auth", token: apiKey, extra: 1 })
+        ];
+        for (const frame of frames) {
+            const page = await WsTestClient.connect(server.wsUrl, { headers: { Origin: server.url } });
+            const refused = page.nextError(null);
+            page.ws.send(frame);
+            assert.equal((await refused).code, "unauthorized", String(frame));
+            const closed = await page.closed;
+            assert.equal(closed.code, 1008, String(frame));
+            assert.equal(closed.reason, "unauthorized");
+        }
+    });
+
     it("compares tokens in constant time (digests of equal length through crypto.timingSafeEqual)", function () {
         assert.equal(tokenMatches(apiKey, apiKey), true);
         for (const other of ["", "a", apiKey.slice(0, -1), apiKey + "\0", apiKey.toUpperCase(), "x".repeat(10_000)])
@@ -167,9 +195,19 @@ describe("security: origins and hosts", function () {
             });
             assert.equal(upgrade.status, 403, host);
         }
-        // and the rule itself: a server bound to another address accepts any name unless told otherwise
-        assert.equal(effectiveAllowedHosts("0.0.0.0", []), null);
-        assert.deepEqual(effectiveAllowedHosts("0.0.0.0", ["chat.example"])?.includes("chat.example"), true);
+        // and the rule itself: a server bound to another address keeps the check (names: only its own and
+        // the allowed ones; any IP literal, which cannot be rebound); only `*` turns it off
+        for (const bind of ["0.0.0.0", "::", "192.168.1.5"]) {
+            const policy = effectiveAllowedHosts(bind, []);
+            assert.notEqual(policy, null, bind);
+            for (const host of ["evil.example:8080", "evil.example", "192.168.1.5.nip.io"])
+                assert.equal(hostAllowed(host, policy), false, `${host} on ${bind}`);
+            for (const host of ["localhost:8080", "192.168.1.5:8080", "10.0.0.7", "[fe80::1]:8080"])
+                assert.equal(hostAllowed(host, policy), true, `${host} on ${bind}`);
+            assert.equal(hostAllowed("chat.example:8080", effectiveAllowedHosts(bind, ["chat.example"])), true);
+        }
+        assert.equal(effectiveAllowedHosts("0.0.0.0", ["*"]), null);
+        assert.equal(hostAllowed("10.0.0.7", effectiveAllowedHosts("127.0.0.1", [])), false, "a loopback server is reached by loopback names only");
         assert.equal(hostAllowed("evil.example", effectiveAllowedHosts("127.0.0.1", [])), false);
         assert.equal(hostAllowed("127.0.0.2:80", effectiveAllowedHosts("127.0.0.1", [])), true);
     });
@@ -193,6 +231,32 @@ describe("security: binding and logs", function () {
         } finally {
             await server.stop();
         }
+    });
+
+    it("refuses to bind beyond loopback without an API key unless --insecure is given; bound beyond loopback it keeps the Host check", async function () {
+        const refused = spawnSync(process.execPath, [serverEntry, ...testServerArgs, "--port", "0", "--host", "0.0.0.0"], { encoding: "utf8", timeout: 60_000 });
+        assert.equal(refused.status, 2, refused.stdout + refused.stderr);
+        assert.match(refused.stderr, /--host .*binds beyond loopback without an API key.*--insecure/);
+        assert.doesNotMatch(refused.stdout, /listening/);
+        for (const args of [["--insecure"], ["--api-key", "bind-key-4e1d"]]) {
+            const server = await startServer({ args: ["--sequences", "1", "--host", "0.0.0.0", ...args] });
+            try {
+                const headers: Record<string, string> = args[0] === "--api-key" ? { Authorization: `Bearer ${args[1]}` } : {};
+                // a rebinding page: its own name, which resolves to this machine; by address or localhost it answers
+                const rebound = await rawRequest(server.port, { path: "/v1/models", headers: { ...headers, Host: `evil.example:${server.port}`, Origin: `http://evil.example:${server.port}` } });
+                assert.equal(rebound.status, 403, args.join(" "));
+                assert.equal(JSON.parse(rebound.body).error.code, "forbidden_host");
+                for (const host of [`localhost:${server.port}`, `127.0.0.1:${server.port}`, `192.168.7.9:${server.port}`])
+                    assert.equal((await rawRequest(server.port, { path: "/v1/models", headers: { ...headers, Host: host } })).status, 200, host);
+            } finally {
+                await server.stop();
+            }
+        }
+        // --insecure alone, or with an explicit value; `false` refuses again
+        const explicit = spawnSync(process.execPath, [serverEntry, "--print-config", "--insecure", "--host", "0.0.0.0"], { encoding: "utf8", timeout: 60_000 });
+        assert.equal(JSON.parse(explicit.stdout).insecure, true);
+        const off = spawnSync(process.execPath, [serverEntry, ...testServerArgs, "--port", "0", "--host", "0.0.0.0", "--insecure", "false"], { encoding: "utf8", timeout: 60_000 });
+        assert.equal(off.status, 2);
     });
 
     it("logs no token, prompt or generated text, even at debug level and on errors", async function () {

@@ -74,6 +74,10 @@ describe("server configuration", function () {
         throwsNaming(() => loadConfig([], { KEEPKV_SEQUENCES: "many" }), "KEEPKV_SEQUENCES", /environment/);
         throwsNaming(() => loadConfig(["--policy", "zip"], {}), "--policy", /one of off, window, evict, merge-naive, keepkv/);
         throwsNaming(() => loadConfig(["--threshold", "1.5"], {}), "--threshold");
+        // the conversation-state options are numbers like the others: finite and in range
+        for (const [flag, value] of [["--state-max-mb", "Infinity"], ["--state-max-mb", "0"], ["--state-max-mb", "1e400"],
+            ["--state-save-idle", "-1"], ["--state-save-idle", "Infinity"], ["--state-save-idle", "NaN"]])
+            throwsNaming(() => loadConfig([flag, value], {}), flag);
         throwsNaming(() => loadConfig(["--prot", "1"], {}), "--prot", /unknown option/);
         throwsNaming(() => loadConfig(["--port"], {}), "--port", /needs a value/);
         const file = path.join(tmp, "bad.json");

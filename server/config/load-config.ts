@@ -93,6 +93,15 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
         let value: string | undefined = eq >= 0 ? arg.slice(eq + 1) : undefined;
         if (flag !== configFileFlag && !flagToKey.has(flag))
             throw new ConfigError(`unknown option ${JSON.stringify(arg)}; run with --help to list the options`, flag);
+        if (value == null && flag !== configFileFlag && optionDecls[flagToKey.get(flag)!].schema.type === "boolean") {
+            // a switch: `--insecure` alone means true; an explicit `--trust-proxy false` still works
+            const next = argv[i + 1];
+            if (next != null && /^(1|true|yes|on|0|false|no|off)$/i.test(next)) {
+                value = next;
+                i++;
+            } else
+                value = "true";
+        }
         if (value == null) {
             value = argv[i + 1];
             if (value == null || (value.startsWith("--") && value.length > 2))

@@ -54,10 +54,16 @@ export type ServerConfig = {
     maxMessageBytes: number,
     maxRequestsPerSocket: number,
     conversationIdle: number,
+    stateDir: string,
+    stateMaxMb: number,
+    stateSaveIdle: number,
     engineStallTimeout: number,
     shutdownGrace: number,
     wsPingInterval: number,
     wsMaxBufferedBytes: number,
+    maxConnections: number,
+    maxConnectionsPerAddress: number,
+    maxHeaderBytes: number,
     rateLimit: number,
     memoryLimit: number,
     apiKey: string | null,
@@ -66,7 +72,8 @@ export type ServerConfig = {
     apiKeyFile: string | null,
     allowedOrigins: string[],
     allowedHosts: string[],
-    trustProxy: boolean
+    trustProxy: boolean,
+    insecure: boolean
 };
 
 export type OptionGroup = "server" | "model" | "keepkv" | "limits" | "security";
@@ -112,7 +119,7 @@ const capitalize = (doc: string) => doc.charAt(0).toUpperCase() + doc.slice(1);
 export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K]> } = {
     host: {
         group: "server", schema: { type: "string", minLength: 1 }, default: "127.0.0.1",
-        doc: "Address to bind. The default accepts connections from this machine only; use 0.0.0.0 to listen on all interfaces."
+        doc: "Address to bind. The default accepts connections from this machine only; use 0.0.0.0 to listen on all interfaces (refused without a user or admin key from `api-key`, `api-keys` or `api-key-file` unless `insecure` is set)."
     },
     port: {
         group: "server", schema: { type: "integer", minimum: 0, maximum: 65535 }, default: 8080,
@@ -250,9 +257,22 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         group: "limits", schema: { type: "number", minimum: 0 }, default: 300,
         doc: seconds("How long an idle conversation keeps its sequence (and its cache) reserved. An idle conversation also loses its sequence earlier when a new request needs one and none is free (least recently used first).")
     },
+    stateDir: {
+        group: "limits", schema: { type: "string" }, default: "",
+        defaultDoc: "none (conversation states are not saved)",
+        doc: "Folder where conversation states (a conversation's KV cache, with its KeepKV votes and scores) are saved, so that a conversation continues without evaluating its history again after its sequence was needed for another one, an engine restart, a model switch and back, or a server restart. One server per folder."
+    },
+    stateMaxMb: {
+        group: "limits", schema: { type: "number", exclusiveMinimum: 0 }, default: 1024,
+        doc: "Disk space the saved conversation states may take, in MiB; beyond it the least recently used are deleted."
+    },
+    stateSaveIdle: {
+        group: "limits", schema: { type: "number", minimum: 0 }, default: 5,
+        doc: seconds("How long a conversation stays idle before its state is saved (it is also saved when its sequence is needed, at a model switch and at shutdown). A conversation that had not been idle this long when the engine crashed is evaluated again.")
+    },
     engineStallTimeout: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 120,
-        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted. 0 disables the check.")
+        doc: seconds("An engine that sends nothing for this long while it has work is killed and restarted; a prompt being evaluated reports each batch (`--batch-size` tokens), so only one batch must fit in this time, not the whole prompt. 0 disables the check.")
     },
     shutdownGrace: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 5,
@@ -264,12 +284,24 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     wsMaxBufferedBytes: {
         group: "limits", schema: { type: "integer", minimum: 1024 }, default: 4194304,
-        doc: "Bytes a WebSocket client may leave unread. Token deltas are coalesced while it lags; beyond this it is disconnected (close code 1008)."
+        doc: "Bytes a WebSocket client may leave unread. Token deltas are coalesced while it lags; any message that would leave more unread disconnects it (close code 1008)."
+    },
+    maxConnections: {
+        group: "limits", schema: { type: "integer", minimum: 1 }, default: 1024,
+        doc: "Open connections (HTTP and WebSocket together) the server accepts; requests on connections beyond it get 503 `too_many_connections` and the connection closes."
+    },
+    maxConnectionsPerAddress: {
+        group: "limits", schema: { type: "integer", minimum: 1 }, default: 128,
+        doc: "Open connections from one client address (HTTP and WebSocket together); beyond it as `max-connections`. With `trust-proxy` the proxy's own connections are not counted per address; WebSockets are counted by the forwarded address instead."
+    },
+    maxHeaderBytes: {
+        group: "limits", schema: { type: "integer", minimum: 1024, maximum: 1048576 }, default: 16384,
+        doc: "Largest HTTP request head (request line and headers) in bytes; a larger one gets 431 and the connection closes."
     },
     rateLimit: {
         group: "limits", schema: { type: "number", minimum: 0 }, default: 0,
         defaultDoc: "0 (no limit)",
-        doc: "Chat and completion requests per minute per client address (WebSocket and HTTP together); a client may send this many at once, then one every 60/N seconds. More fail with `rate_limited`."
+        doc: "Chat and completion requests per minute per client address and per API key (counted by the key's name, whatever address uses it; WebSocket and HTTP together); a client may send this many at once, then one every 60/N seconds. A request with a missing or wrong token counts against its address too, and while an address has used up its allowance its tokens are not checked. More fail with `rate_limited`."
     },
     memoryLimit: {
         group: "limits", schema: { type: "integer", minimum: 0 }, default: 0,
@@ -303,12 +335,16 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     },
     allowedHosts: {
         group: "security", schema: { type: "array", items: { type: "string", minLength: 1 } }, default: [],
-        defaultDoc: "none (loopback names when bound to loopback; any when bound to another address)",
-        doc: "Host names the server answers to besides localhost, 127.0.0.1 and [::1] (comma-separated; `*` allows any). Stops DNS rebinding: a web page whose name resolves to this machine is refused with `forbidden_host`. When the server binds a non-loopback address and this is empty, any Host is accepted."
+        defaultDoc: "none (loopback names, the bind address, and IP literals when bound beyond loopback)",
+        doc: "Host names the server answers to besides localhost, 127.0.0.1, [::1] and the bind address (comma-separated; `*` allows any). Stops DNS rebinding: a web page whose name resolves to this machine is refused with `forbidden_host`. A server bound to a non-loopback address also answers to any IP address literal (a rebinding page always has a name), but to no other name unless it is listed here."
     },
     trustProxy: {
         group: "security", schema: { type: "boolean" }, default: false,
-        doc: "Behind a reverse proxy: take the client address (for `rate-limit`) from the last entry of X-Forwarded-For instead of the connection."
+        doc: "Behind a reverse proxy: take the client address (for `rate-limit` and `max-connections-per-address`) from the last entry of X-Forwarded-For instead of the connection."
+    },
+    insecure: {
+        group: "security", schema: { type: "boolean" }, default: false,
+        doc: "Allow binding a non-loopback `host` without a user or admin key (`api-key`, `api-keys` or `api-key-file`; a `metrics-api-key` alone guards `/metrics` only). Without it such a start is refused: anyone who can reach the port could use the server."
     }
 };
 

@@ -5,6 +5,7 @@ import { LlamaBuildError, loadPatchedLlama } from "./llama-loader.js";
 import { EngineRuntime, LoadedModel } from "./engine-runtime.js";
 import { monoMs, type FromEngine, type ToEngine } from "./ipc.js";
 import { KeepKvError } from "./keepkv.js";
+import { SequenceStateStore } from "./sequence-state-store.js";
 
 const heartbeatMs = 1000;
 
@@ -40,7 +41,9 @@ async function handle(message: ToEngine): Promise<void> {
             try {
                 const llama = await loadPatchedLlama({ logLevel: LlamaLogLevel.error });
                 const loaded = await LoadedModel.load(llama, message.settings);
-                runtime = new EngineRuntime(llama, loaded, send);
+                const state = message.state == null ? null
+                    : new SequenceStateStore(message.state, (event) => send({ t: "state", diskBytes: state?.diskBytes() ?? 0, ...event }));
+                runtime = new EngineRuntime(llama, loaded, send, state);
                 send({ t: "ready", info: runtime.info, stats: await runtime.stats() });
             } catch (err) {
                 send({ t: "init_failed", code: errorCodeOf(err), message: err instanceof Error ? err.message : String(err) });

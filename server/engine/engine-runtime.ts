@@ -9,6 +9,9 @@ import {
     type FromEngine, type GenerateJob
 } from "./ipc.js";
 import { PromptBuilder, type BuiltPrompt } from "./prompt-builder.js";
+import {
+    modelIdentity, StateRefusedError, stateSettingsFingerprint, type ModelIdentity, type SequenceStateStore
+} from "./sequence-state-store.js";
 import { StopStringMatcher, TokenTextStream } from "./token-stream.js";
 import type { ErrorCode } from "../protocol/errors.js";
 import type { KvCacheType } from "../config/options.js";
@@ -25,10 +28,15 @@ export class LoadedModel {
         readonly context: LlamaContext,
         readonly slots: LlamaContextSequence[],
         readonly prompts: PromptBuilder,
-        readonly info: EngineModelInfo
+        readonly info: EngineModelInfo,
+        /** what a saved conversation state must have been made with to be restored here */
+        readonly identity: ModelIdentity,
+        readonly stateSettings: string
     ) {}
 
     static async load(llama: Llama, settings: EngineModelSettings): Promise<LoadedModel> {
+        // the file as it is mapped: taken before loading, so that a later change on disk is a mismatch
+        const identity = modelIdentity(settings.modelPath);
         const model = await llama.loadModel({
             modelPath: settings.modelPath,
             gpuLayers: settings.gpuLayers < 0 ? "auto" : settings.gpuLayers
@@ -64,7 +72,8 @@ export class LoadedModel {
             keepKvVersion: keepKvVersionOf(llama),
             policy: settings.keepKv.policy ?? "off"
         };
-        return new LoadedModel(settings, model, context, slots, prompts, info);
+        return new LoadedModel(settings, model, context, slots, prompts, info, identity,
+            stateSettingsFingerprint(settings, info.keepKvVersion));
     }
 
     async stats(): Promise<EngineStatsSnapshot> {
@@ -77,7 +86,7 @@ export class LoadedModel {
     }
 }
 
-type RunningJob = { cancelled: boolean };
+type RunningJob = { slot: number, cancelled: boolean };
 
 /** The exact text and tokens a sequence holds after a plain-text request, for the next turn to extend. */
 type SlotMemo = { text: string, tokens: Token[] };
@@ -103,12 +112,125 @@ class JobError extends Error {
     }
 }
 
+/** Which conversation a sequence holds, and whether its state changed since it was last saved. */
+type SlotOwner = { key: string | null, dirty: boolean, idleSince: number };
+
 export class EngineRuntime {
     private readonly jobs = new Map<number, RunningJob>();
     private staged: LoadedModel | null = null;
     private memos: (SlotMemo | null)[] = [];
+    private owners: SlotOwner[] = [];
+    /** per sequence, the tail of its chain of jobs, saves and releases: they never overlap */
+    private readonly slotLocks = new Map<number, Promise<void>>();
+    private readonly saveTimer: NodeJS.Timeout | null = null;
 
-    constructor(private readonly llama: Llama, private current: LoadedModel, private readonly send: (message: FromEngine) => void) {}
+    constructor(
+        private readonly llama: Llama,
+        private current: LoadedModel,
+        private readonly send: (message: FromEngine) => void,
+        private readonly state: SequenceStateStore | null = null
+    ) {
+        if (state != null) {
+            const every = Math.max(100, Math.min(1000, state.options.saveIdleMs / 2));
+            this.saveTimer = setInterval(() => this.saveIdle(), every);
+            this.saveTimer.unref();
+        }
+    }
+
+    private owner(slot: number): SlotOwner {
+        return this.owners[slot] ??= { key: null, dirty: false, idleSince: 0 };
+    }
+
+    private withSlot<T>(slot: number, fn: () => Promise<T>): Promise<T> {
+        const previous = this.slotLocks.get(slot) ?? Promise.resolve();
+        const run = previous.then(fn);
+        this.slotLocks.set(slot, run.then(() => undefined, () => undefined));
+        return run;
+    }
+
+    /** Writes the conversation state a sequence holds, if it changed since it was last written. */
+    private async saveSlot(loaded: LoadedModel, slot: number): Promise<void> {
+        const owner = this.owner(slot);
+        const sequence = loaded.slots[slot];
+        if (this.state == null || owner.key == null || !owner.dirty || sequence == null)
+            return;
+        owner.dirty = false;
+        if (sequence.nextTokenIndex === 0)
+            return;
+        try {
+            await this.state.save(sequence, owner.key, loaded.identity, loaded.stateSettings, this.memos[slot] ?? null);
+        } catch (err) {
+            this.state.emit({ event: "save_failed", message: (err as Error).message });
+        }
+    }
+
+    /** Conversations idle for the configured delay are written, so that an engine crash does not lose them. */
+    private saveIdle(): void {
+        const delay = this.state?.options.saveIdleMs ?? 0;
+        const isDue = (slot: number) => {
+            const owner = this.owner(slot);
+            return owner.dirty && owner.key != null && monoMs() - owner.idleSince >= delay;
+        };
+        for (let slot = 0; slot < this.current.slots.length; slot++) {
+            if (!isDue(slot) || [...this.jobs.values()].some((j) => j.slot === slot))
+                continue;
+            const loaded = this.current;
+            void this.withSlot(slot, async () => {
+                if (isDue(slot) && loaded === this.current)
+                    await this.saveSlot(loaded, slot);
+            });
+        }
+    }
+
+    /** Saves every changed conversation of the serving model (shutdown, model switch). */
+    private async saveAll(loaded: LoadedModel): Promise<void> {
+        await Promise.all(loaded.slots.map((_, slot) => this.withSlot(slot, () => this.saveSlot(loaded, slot))));
+    }
+
+    /**
+     * A sequence gets a conversation it does not hold: its saved state, when one fits the prompt and
+     * passes every check, replaces what the sequence holds. Returns the prompt, tokenized as the saved
+     * text was when the state recorded it.
+     */
+    private async restore(loaded: LoadedModel, sequence: LlamaContextSequence, key: string, prompt: BuiltPrompt): Promise<BuiltPrompt> {
+        if (this.state == null)
+            return prompt;
+        let stored;
+        try {
+            stored = this.state.find(key, loaded.identity, loaded.stateSettings);
+        } catch (err) {
+            if (!(err instanceof StateRefusedError))
+                throw err;
+            this.state.emit({ event: "refused", reason: err.reason, message: err.message });
+            return prompt;
+        }
+        if (stored == null) {
+            this.state.emit({ event: "miss" });
+            return prompt;
+        }
+        // tokenized as the saved text was, but only if the state loads: nothing of a refused file is used
+        const memo = stored.manifest.memo;
+        const restored = prompt.text != null && memo != null && memo.text !== "" && prompt.text.startsWith(memo.text)
+            ? { ...prompt, tokens: [...memo.tokens, ...loaded.prompts.continuation(prompt.text.slice(memo.text.length))] }
+            : prompt;
+        // a state of another history (the client changed it) holds nothing this prompt can use; the
+        // conversation's own state wins a tie with what the sequence holds (the same tokens compressed
+        // along another path need not hold the same cells)
+        const gain = commonPrefixLength(stored.manifest.tokens, restored.tokens);
+        if (gain === 0 || gain < commonPrefixLength(sequence.contextTokens, prompt.tokens)) {
+            this.state.emit({ event: "miss" });
+            return prompt;
+        }
+        try {
+            await this.state.load(sequence, stored);
+        } catch (err) {
+            if (!(err instanceof StateRefusedError))
+                throw err;
+            this.state.emit({ event: "refused", reason: err.reason, message: err.message });
+            return prompt;
+        }
+        return restored;
+    }
 
     get info(): EngineModelInfo {
         return this.current.info;
@@ -125,10 +247,15 @@ export class EngineRuntime {
     }
 
     async release(slot: number): Promise<void> {
-        this.memos[slot] = null;
-        const sequence = this.current.slots[slot];
-        if (sequence != null && sequence.nextTokenIndex > 0)
-            await sequence.clearHistory();
+        const loaded = this.current;
+        await this.withSlot(slot, async () => {
+            await this.saveSlot(loaded, slot);
+            this.owner(slot).key = null;
+            this.memos[slot] = null;
+            const sequence = loaded.slots[slot];
+            if (sequence != null && sequence.nextTokenIndex > 0)
+                await sequence.clearHistory();
+        });
     }
 
     async stageModel(settings: EngineModelSettings): Promise<EngineModelInfo> {
@@ -149,9 +276,12 @@ export class EngineRuntime {
         if (this.staged == null)
             throw new Error("no model is staged");
         const previous = this.current;
+        // the conversations of the model that leaves: a switch back restores them
+        await this.saveAll(previous);
         this.current = this.staged;
         this.staged = null;
         this.memos = [];
+        this.owners = [];
         await previous.dispose();
         return this.current.info;
     }
@@ -159,6 +289,10 @@ export class EngineRuntime {
     async dispose(): Promise<void> {
         for (const job of this.jobs.values())
             job.cancelled = true;
+        if (this.saveTimer != null)
+            clearInterval(this.saveTimer);
+        // after the cancelled jobs end: the states then hold what their clients received
+        await this.saveAll(this.current);
         await this.discardStaged();
         await this.current.dispose();
     }
@@ -176,28 +310,49 @@ export class EngineRuntime {
     }
 
     async generate(job: GenerateJob): Promise<void> {
-        const running: RunningJob = { cancelled: false };
+        // registered before the sequence is free (a save may hold it), so that a cancel finds the job
+        const running: RunningJob = { slot: job.slot, cancelled: false };
         this.jobs.set(job.job, running);
+        await this.withSlot(job.slot, () => this.generateOnSlot(job, running));
+    }
+
+    private async generateOnSlot(job: GenerateJob, running: RunningJob): Promise<void> {
         const loaded = this.current;
+        const owner = this.owner(job.slot);
+        const key = job.conversationKey;
         const sequence = loaded.slots[job.slot];
         let promptTokens = 0;
         let cachedTokens = 0;
         let completionTokens = 0;
         let promptMs = 0;
+        /** prompt tokens evaluated (not taken from the cache) */
+        let promptEvaluated = 0;
         let finishReason: EngineFinishReason = "stop";
         let error: { code: ErrorCode, message: string } | undefined;
         let before: KeepKvSequenceStats | null = null;
         try {
             if (sequence == null)
                 throw new JobError("internal_error", `no sequence ${job.slot}`);
+            // a sequence that changes hands (another conversation, or another principal) forgets its memo;
+            // the conversation it held is written first, under its own (principal, id) key
+            const restoring = owner.key !== key || job.clearCache;
+            if (restoring) {
+                await this.saveSlot(loaded, job.slot);
+                owner.key = null;
+                this.memos[job.slot] = null;
+            }
+            // another principal's tokens: none may be reused, nor measured through cached_tokens; a state
+            // restored below is this principal's own
+            if (job.clearCache && sequence.nextTokenIndex > 0)
+                await sequence.clearHistory();
             let prompt: BuiltPrompt;
             try {
                 prompt = "prompt" in job.input ? loaded.prompts.fromText(job.input.prompt) : loaded.prompts.fromMessages(job.input.messages);
             } catch (err) {
                 throw new JobError("invalid_message", `the messages cannot be formatted for this model: ${(err as Error).message}`);
             }
-            if (job.clearCache)
-                await this.release(job.slot);
+            if (restoring && key != null)
+                prompt = await this.restore(loaded, sequence, key, prompt);
             // a conversation's next turn extends the text the sequence holds: reuse its tokens exactly,
             // tokenize only what is new
             const memo = this.memos[job.slot];
@@ -237,7 +392,18 @@ export class EngineRuntime {
             const generated: Token[] = [];
             const { sampling } = job;
             const evalStart = monoMs();
-            const iterator = sequence.evaluate(prompt.tokens.slice(cachedTokens), {
+            // every whole batch of the prompt but the last is evaluated on its own (at the boundaries the
+            // context would cut anyway): each reports progress, so that the watchdog tells a long prompt
+            // from a hung engine, and a cancel (or a disconnect) stops the prompt at the next batch
+            const batch = Math.max(1, loaded.context.batchSize);
+            let next = cachedTokens;
+            while (promptTokens - next > batch && !running.cancelled) {
+                await sequence.evaluateWithoutGeneratingNewTokens(prompt.tokens.slice(next, next + batch));
+                next += batch;
+                promptEvaluated = next - cachedTokens;
+                this.send({ t: "progress", job: job.job, evaluated: next, total: promptTokens, sentAt: monoMs() });
+            }
+            const iterator = running.cancelled ? null : sequence.evaluate(prompt.tokens.slice(next), {
                 temperature: sampling.temperature,
                 topK: sampling.topK,
                 topP: sampling.topP,
@@ -252,9 +418,11 @@ export class EngineRuntime {
             let stopped = false;
             let emitted = "";
             finishReason = "stop";
-            for await (const token of iterator) {
-                if (completionTokens === 0)
+            for await (const token of iterator ?? []) {
+                if (completionTokens === 0) {
                     promptMs = monoMs() - evalStart;
+                    promptEvaluated = promptTokens - cachedTokens;
+                }
                 completionTokens++;
                 generated.push(token);
                 unsent++;
@@ -283,6 +451,8 @@ export class EngineRuntime {
             }
             if (completionTokens === 0)
                 promptMs = monoMs() - evalStart;
+            if (iterator != null)
+                promptEvaluated = promptTokens - cachedTokens;
             if (running.cancelled && finishReason === "stop" && !stopped)
                 finishReason = "cancel";
             if (!stopped) {
@@ -302,6 +472,11 @@ export class EngineRuntime {
         } finally {
             this.jobs.delete(job.job);
         }
+        // a failed request loses its conversation's sequence (the scheduler frees it): nothing to save
+        if (key != null && finishReason !== "error")
+            Object.assign(owner, { key, dirty: true, idleSince: monoMs() });
+        else
+            Object.assign(owner, { key: null, dirty: false });
         let kv: KeepKvSequenceStats | null = null;
         try {
             if (sequence != null) {
@@ -320,7 +495,7 @@ export class EngineRuntime {
             kv = null;
         }
         this.send({
-            t: "done", job: job.job, finishReason, promptTokens, completionTokens, cachedTokens, promptMs, kv,
+            t: "done", job: job.job, finishReason, promptTokens, completionTokens, cachedTokens, promptEvaluated, promptMs, kv,
             ...(error != null ? { error } : {}),
             sentAt: monoMs()
         });

@@ -5,6 +5,7 @@ import type { ChatTemplateMode, FlashAttentionMode, KvCacheType } from "../confi
 import type { ErrorCode } from "../protocol/errors.js";
 import type { ChatMessage } from "../protocol/ws-messages.js";
 import type { KeepKvContextStats, KeepKvOptions, KeepKvSequenceStats } from "./keepkv.js";
+import type { StateEvent, StateStoreOptions } from "./sequence-state-store.js";
 
 /** Milliseconds on the system-wide monotonic clock (comparable between processes on one machine). */
 export function monoMs(): number {
@@ -59,13 +60,16 @@ export type GenerateJob = {
     sampling: SamplingSettings,
     stop: string[],
     /** the sequence's cache holds another principal's tokens: empty it first, reuse nothing */
-    clearCache: boolean
+    clearCache: boolean,
+    /** the conversation whose cache the sequence holds after this job (conversationKey(): principal and id), or null */
+    conversationKey: string | null
 };
 
 export type EngineFinishReason = "stop" | "length" | "cancel" | "error";
 
 export type ToEngine =
-    | { t: "init", settings: EngineModelSettings }
+    /** state: where conversation states are saved, or null when they are not */
+    | { t: "init", settings: EngineModelSettings, state: StateStoreOptions | null }
     | { t: "generate", job: GenerateJob }
     | { t: "cancel", job: number }
     /** forget a slot's cached tokens (its conversation was evicted) */
@@ -87,9 +91,13 @@ export type FromEngine =
     | { t: "init_failed", code: string, message: string }
     | { t: "started", job: number, promptTokens: number, cachedTokens: number, sentAt: number }
     | { t: "tokens", job: number, text: string, n: number, sentAt: number }
+    /** a batch of the prompt was evaluated: `evaluated` of its `total` tokens are in the sequence */
+    | { t: "progress", job: number, evaluated: number, total: number, sentAt: number }
     | {
         t: "done", job: number, finishReason: EngineFinishReason,
         promptTokens: number, completionTokens: number, cachedTokens: number,
+        /** prompt tokens evaluated: all but the cached ones, fewer when the request ended during its prompt */
+        promptEvaluated: number,
         /** evaluation of the uncached prompt tokens */
         promptMs: number,
         kv: KeepKvSequenceStats | null,
@@ -101,4 +109,6 @@ export type FromEngine =
     | { t: "model_loaded", nonce: number, info: EngineModelInfo }
     | { t: "model_load_failed", nonce: number, message: string }
     | { t: "model_activated", nonce: number, info: EngineModelInfo, stats: EngineStatsSnapshot }
-    | { t: "model_discarded", nonce: number };
+    | { t: "model_discarded", nonce: number }
+    /** a conversation state was saved, restored, missed, refused or removed; diskBytes: what the folder holds now */
+    | ({ t: "state", diskBytes: number } & StateEvent);

@@ -421,6 +421,11 @@ function readSequenceStats(sequence: LlamaContextSequence, slotsPerCell: number)
 
 /** Per-sequence statistics, read under the context lock (host-side data only: cheap). */
 export async function keepKvSequenceStats(sequence: LlamaContextSequence): Promise<KeepKvSequenceStats> {
+    // with KeepKV off nothing native is read, so no lock: node-llama-cpp's batch dispatch holds the context
+    // lock for as long as decodes stay queued, and two sequences generating out of phase kept a third
+    // request waiting here, before its first token, until they ended (test/faults.test.ts, drains)
+    if (keepKvSettingsOf(sequence.context).policy === "off")
+        return readSequenceStats(sequence, 0);
     return await underContextLock(sequence.context, () => {
         const ctx = keepKvSettingsOf(sequence.context).policy === "off" ? null : addonOf(sequence.context).keepKvGetContextStats();
         return readSequenceStats(sequence, ctx?.slotsPerCell ?? 0);

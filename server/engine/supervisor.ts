@@ -9,6 +9,7 @@ import { inspectModelFile } from "../models/gguf-inspect.js";
 import {
     monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type ToEngine
 } from "./ipc.js";
+import type { StateStoreOptions } from "./sequence-state-store.js";
 
 const engineEntry = fileURLToPath(new URL("./engine-process.js", import.meta.url));
 
@@ -36,6 +37,8 @@ export interface EngineListener {
     busy(): boolean;
     /** a restart attempt failed (the model file went missing or bad, or the engine died loading it); another follows */
     onRestartFailed?(message: string): void;
+    /** a conversation state was saved, restored, missed, refused or removed */
+    onStateEvent?(event: Extract<FromEngine, { t: "state" }>): void;
 }
 
 /** The serving model's file compared with what the engine loaded: a file replaced or deleted on disk
@@ -66,7 +69,9 @@ export type SupervisorOptions = {
     backoffInitialMs?: number,
     backoffMaxMs?: number,
     /** an engine that ran this long resets the backoff */
-    stableAfterMs?: number
+    stableAfterMs?: number,
+    /** where the engine saves conversation states; null: nowhere */
+    state?: StateStoreOptions | null
 };
 
 type Pending = { resolve: (m: FromEngine) => void, reject: (e: Error) => void, timer: NodeJS.Timeout };
@@ -97,7 +102,7 @@ export class EngineSupervisor {
     private readonly opts: Required<SupervisorOptions>;
 
     constructor(private readonly listener: EngineListener, private readonly log: Logger, opts: SupervisorOptions) {
-        this.opts = { backoffInitialMs: 500, backoffMaxMs: 30_000, stableAfterMs: 60_000, ...opts };
+        this.opts = { backoffInitialMs: 500, backoffMaxMs: 30_000, stableAfterMs: 60_000, state: null, ...opts };
         this.backoffMs = this.opts.backoffInitialMs;
     }
 
@@ -303,6 +308,9 @@ export class EngineSupervisor {
                         }, 100);
                         return;
                     }
+                    case "state":
+                        this.listener.onStateEvent?.(message);
+                        return;
                     case "heartbeat":
                         this.lastHeartbeatAt = now;
                         this.lastRss = message.rssBytes;
@@ -364,7 +372,7 @@ export class EngineSupervisor {
                 this.listener.onLost(exit);
                 this.scheduleRestart(monoMs());
             });
-            child.send({ t: "init", settings } satisfies ToEngine, (err) => {
+            child.send({ t: "init", settings, state: this.opts.state } satisfies ToEngine, (err) => {
                 if (err != null)
                     this.log.warn("could not send the engine its settings", { pid: child.pid, error: err.message });
             });

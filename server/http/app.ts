@@ -2,6 +2,7 @@
 // Thin: each route asks the scheduler, the engine supervisor or the catalog, and answers.
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { ServerConfig } from "../config/options.js";
+import { StatsCache } from "../engine/stats-cache.js";
 import type { EngineSupervisor } from "../engine/supervisor.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import type { ModelCatalog } from "../models/model-catalog.js";
@@ -11,9 +12,9 @@ import { describeSchemaError, schemas, validators } from "../protocol/schemas.js
 import { newConversationId } from "../scheduler/request-spec.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 import type { SlotState } from "../scheduler/slot-pool.js";
-import { anonymous, type KeyRing } from "../security/api-keys.js";
-import { effectiveAllowedHosts, hostAllowed } from "../security/hosts.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { anonymous, type KeyRing, type Principal } from "../security/api-keys.js";
+import { clientAddress, effectiveAllowedHosts, hostAllowed } from "../security/hosts.js";
+import { addressBucket, type RateLimiter } from "../security/rate-limit.js";
 import { bearerToken, originAllowed, principalOf, setPrincipal } from "./auth.js";
 import { addDashboardApi, addDashboardPages } from "./dashboard-routes.js";
 import { addOpenAiRoutes, sendError } from "./openai-routes.js";
@@ -33,6 +34,9 @@ export type AppDeps = {
     /** the per-client request rate, shared with the WebSocket API */
     rateLimiter?: RateLimiter
 };
+
+/** how old the KV statistics of /metrics and /v1/kv may be (unless a request finished since) */
+const statsMaxAgeMs = 500;
 
 function engineReport(engine: EngineSupervisor) {
     const exit = engine.lastExit;
@@ -55,7 +59,7 @@ export function createApp(deps: AppDeps): express.Express {
     app.disable("x-powered-by");
     app.set("etag", false);
 
-    // DNS rebinding: only Host names of this machine (or allowed-hosts) when bound to loopback
+    // DNS rebinding: only Host names of this machine or allowed-hosts (security/hosts.ts)
     const allowedHosts = effectiveAllowedHosts(config.host, config.allowedHosts);
     app.use((req: Request, res: Response, next: NextFunction) => {
         if (hostAllowed(req.headers.host, allowedHosts)) {
@@ -87,9 +91,39 @@ export function createApp(deps: AppDeps): express.Express {
         next();
     });
 
-    // llama-server's shapes: 503 with its exact body while loading, {"status":"ok"} when ready
-    app.get("/health", (_req, res) => {
+    const limiter = deps.rateLimiter;
+    const limited = (res: Response, retryAfterS: number) => {
+        metrics.requestRefused("rate_limited");
+        res.set("Retry-After", String(retryAfterS));
+        sendError(res, { code: "rate_limited", message: `more than ${limiter!.perMinute} requests per minute from this client (rate-limit); retry in ${retryAfterS} s` });
+    };
+
+    // llama-server's shapes: 503 with its exact body while loading, {"status":"ok"} when ready. Probes
+    // need no token and learn only that; the engine's details (pid, restarts, the model and its file)
+    // are added for a request with a user or admin key (the keys that may call the API, whose
+    // /v1/models names the models anyway; a metrics key gets the status only), or for anyone when the
+    // API is open, since /admin/model then tells them too. A wrong token costs its address as on the
+    // API, and an address out of allowance gets the status without its token checked: /health must not
+    // be a way round the limit on guessing keys.
+    const healthDetailsAllowed = (req: Request): boolean => {
+        if (keys.apiOpen)
+            return true;
+        const token = bearerToken(req.headers.authorization);
+        if (token == null)
+            return false;
+        const address = addressBucket(clientAddress(req, config.trustProxy));
+        if (limiter?.exhausted(address) === true)
+            return false;
+        const principal = keys.identify(token);
+        if (principal == null) {
+            limiter?.take(address);
+            return false;
+        }
+        return principal.role === "admin" || principal.role === "user";
+    };
+    app.get("/health", (req, res) => {
         const ready = engine.state === "ready" && scheduler.model != null && !deps.isShuttingDown();
+        const details = healthDetailsAllowed(req);
         if (!ready)
             res.status(503).json({
                 error: {
@@ -97,10 +131,10 @@ export function createApp(deps: AppDeps): express.Express {
                     message: deps.isShuttingDown() ? "Shutting down" : engine.lastStartError != null ? "Engine unavailable" : "Loading model",
                     type: "unavailable_error"
                 },
-                engine: engineReport(engine)
+                ...(details ? { engine: engineReport(engine) } : {})
             });
         else
-            res.json({ status: "ok", model: scheduler.model!.name, engine: engineReport(engine) });
+            res.json({ status: "ok", ...(details ? { model: scheduler.model!.name, engine: engineReport(engine) } : {}) });
     });
 
     // the dashboard's page and modules hold no data: served without a token (the page sends it to the API)
@@ -116,9 +150,21 @@ export function createApp(deps: AppDeps): express.Express {
             next();
             return;
         }
+        const address = addressBucket(clientAddress(req, config.trustProxy));
+        // wrong tokens count against the address, and an address out of allowance gets no answer about
+        // its token: guessing a key is as slow as the rate limit
+        if (limiter != null && limiter.exhausted(address)) {
+            limited(res, limiter.retryAfterS(address));
+            return;
+        }
         const token = bearerToken(req.headers.authorization);
-        const principal = token == null ? null : keys.identify(token);
+        const principal: Principal | null = token == null ? null : keys.identify(token);
         if (principal == null) {
+            const charged = limiter?.take(address);
+            if (charged != null && !charged.ok) {
+                limited(res, charged.retryAfterS);
+                return;
+            }
             metrics.requestRefused("unauthorized");
             res.set("WWW-Authenticate", "Bearer");
             sendError(res, { code: "unauthorized", message: "missing or wrong bearer token (Authorization: Bearer ...)" });
@@ -153,7 +199,9 @@ export function createApp(deps: AppDeps): express.Express {
         return keys.metricsOpen || (principal != null && principal !== anonymous && principal.role !== "user");
     };
 
-    // a conversation id shows only to the principal whose conversation it is, and to admins
+    // a conversation id shows only to the principal whose conversation it is, and to admins. Applied to
+    // each answer after the statistics are read: the cache below holds the engine's numbers only, the
+    // same for every caller
     const visibleConversation = (req: Request, slot: SlotState | undefined): string | null => {
         const principal = principalOf(req);
         if (slot?.conversation == null || principal == null)
@@ -161,13 +209,19 @@ export function createApp(deps: AppDeps): express.Express {
         return principal.role === "admin" || slot.owner === principal.name ? slot.conversation : null;
     };
 
+    // both read through one cache (engine/stats-cache.ts): polling either cannot starve the engine
+    const stats = new StatsCache((timeoutMs) => {
+        metrics.engineStatsRead();
+        return engine.stats(timeoutMs);
+    }, statsMaxAgeMs, () => scheduler.finishedRequests + engine.restarts);
+
     app.get("/metrics", async (req, res) => {
         if (!metricsAllowed(req)) {
             refuseRole(res, "/metrics takes metrics and admin keys");
             return;
         }
-        // fresh KV statistics for this scrape; a busy or restarting engine leaves the last ones
-        await engine.stats(300);
+        // recent KV statistics for this scrape; a busy or restarting engine leaves the last ones
+        await stats.get(300);
         res.set("Content-Type", metrics.contentType);
         res.send(await metrics.exposition());
     });
@@ -196,12 +250,12 @@ export function createApp(deps: AppDeps): express.Express {
 
     // the KV statistics right now, for dashboards that poll (the same numbers as the keepkv_kv_* metrics)
     app.get("/v1/kv", async (req, res) => {
-        const stats = await engine.stats(1000);
-        if (stats == null) {
+        const snapshot = await stats.get(1000);
+        if (snapshot == null) {
             sendError(res, { code: "engine_unavailable", message: "the engine is loading or busy; retry" });
             return;
         }
-        const { context } = stats;
+        const { context } = snapshot;
         res.json({
             policy: context.policy,
             capacity_cells: context.capacityCells,
@@ -212,7 +266,7 @@ export function createApp(deps: AppDeps): express.Express {
             evictions: context.evictions,
             compressions: context.compressions,
             compression_seconds: context.compressionSeconds,
-            engine_rss_bytes: stats.rssBytes,
+            engine_rss_bytes: snapshot.rssBytes,
             sequences: context.sequences.map((seq, slot) => {
                 const state = scheduler.slotSnapshot()[slot];
                 return {
@@ -299,7 +353,7 @@ export function createApp(deps: AppDeps): express.Express {
 
     const router = express.Router();
     addOpenAiRoutes(router, scheduler, metrics, config.wsMaxBufferedBytes,
-        deps.rateLimiter != null ? { rateLimiter: deps.rateLimiter, trustProxy: config.trustProxy } : undefined);
+        deps.rateLimiter != null ? { rateLimiter: deps.rateLimiter, trustProxy: config.trustProxy, keyed: !keys.apiOpen } : undefined);
     addDashboardApi(router, { config, scheduler, engine });
     app.use(router);
 

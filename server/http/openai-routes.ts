@@ -10,10 +10,11 @@ import { requestSpec } from "../scheduler/request-spec.js";
 import type { FinalResult, ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { clientAddress } from "../security/hosts.js";
+import { addressBucket, principalBucket, type RateLimiter } from "../security/rate-limit.js";
 import { principalOf } from "./auth.js";
-import type { RateLimiter } from "../security/rate-limit.js";
 
-export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean };
+/** keyed: user or admin keys are configured, so each request's principal (its key) has a bucket of its own */
+export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean, keyed: boolean };
 
 type ContentPart = { type: "text", text: string };
 type OpenAiMessage = { role: "system" | "developer" | "user" | "assistant", content?: string | null | ContentPart[] };
@@ -61,11 +62,18 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
         sendError(res, { code: "invalid_message", message: describeSchemaError(validate.errors) });
         return;
     }
-    const decision = rate?.rateLimiter.take(clientAddress(req, rate.trustProxy));
+    const principal = principalOf(req)?.name;
+    if (principal == null) {
+        // authentication runs before every route: this is a bug, not a client error
+        sendError(res, { code: "internal_error", message: "the request was not authenticated" });
+        return;
+    }
+    const buckets = [addressBucket(clientAddress(req, rate?.trustProxy === true)), ...(rate?.keyed === true ? [principalBucket(principal)] : [])];
+    const decision = rate?.rateLimiter.takeAll(buckets);
     if (decision != null && !decision.ok) {
         metrics.requestRefused("rate_limited");
         res.set("Retry-After", String(decision.retryAfterS));
-        sendError(res, { code: "rate_limited", message: `more than ${rate!.rateLimiter.perMinute} requests per minute from this client (rate-limit); retry in ${decision.retryAfterS} s` });
+        sendError(res, { code: "rate_limited", message: `more than ${rate!.rateLimiter.perMinute} requests per minute from this client address or key (rate-limit); retry in ${decision.retryAfterS} s` });
         return;
     }
     const body = req.body as OpenAiBody;
@@ -74,12 +82,6 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
         : { prompt: Array.isArray(body.prompt) ? body.prompt[0]! : body.prompt! };
     const header = req.headers["x-conversation-id"];
     const conversationId = body.conversation_id ?? (typeof header === "string" && header !== "" ? header : null);
-    const principal = principalOf(req)?.name;
-    if (principal == null) {
-        // authentication runs before every route: this is a bug, not a client error
-        sendError(res, { code: "internal_error", message: "the request was not authenticated" });
-        return;
-    }
     const spec = requestSpec(input, { ...body, max_tokens: body.max_completion_tokens ?? body.max_tokens }, conversationId, principal);
 
     const id = `${kind === "chat" ? "chatcmpl" : "cmpl"}-${randomBytes(12).toString("hex")}`;

@@ -2,7 +2,9 @@
 // the keepkv_ prefix (no colons, base units, _total on counters); the rest of the server only calls the
 // methods below. Counters only ever increase: nothing here resets on scrape or on an engine restart.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import type { FromEngine } from "../engine/ipc.js";
 import type { KeepKvContextStats } from "../engine/keepkv.js";
+import { stateRefusals } from "../engine/sequence-state-store.js";
 import { errorCodes } from "../protocol/errors.js";
 
 const ttftBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160];
@@ -39,6 +41,10 @@ export class ServerMetrics {
     });
     private readonly promptTokensCached = new Counter({
         name: "keepkv_prompt_tokens_cached_total", help: "Prompt tokens whose KV state was reused from a conversation's cache instead of evaluated.",
+        labelNames: ["model_name"], registers: [this.registry]
+    });
+    private readonly promptTokensEvaluated = new Counter({
+        name: "keepkv_prompt_tokens_evaluated_total", help: "Prompt tokens the engine evaluated (neither cached nor skipped by a cancel during the prompt).",
         labelNames: ["model_name"], registers: [this.registry]
     });
     private readonly generationTokens = new Counter({
@@ -164,9 +170,40 @@ export class ServerMetrics {
     private readonly wsConnections = new Gauge({
         name: "keepkv_websocket_connections", help: "Open WebSocket connections.", registers: [this.registry]
     });
+    private readonly statsReads = new Counter({
+        name: "keepkv_engine_stats_reads_total", help: "KV statistics read from the engine for /metrics and /v1/kv (at most one per 500 ms, and one after each finished request, however often they are asked for).",
+        registers: [this.registry]
+    });
     private readonly dropped = new Counter({
         name: "keepkv_clients_dropped_total", help: "Streaming clients disconnected by the server (api: ws or http; reason: slow_consumer or ping_timeout).",
         labelNames: ["api", "reason"], registers: [this.registry]
+    });
+
+    private readonly stateRestores = new Counter({
+        name: "keepkv_conversation_state_restores_total", help: "Conversations whose saved KV state was loaded from disk instead of evaluating their history again.",
+        registers: [this.registry]
+    });
+    private readonly stateMisses = new Counter({
+        name: "keepkv_conversation_state_misses_total", help: "Conversations that came to a sequence not holding them and had no usable saved state.",
+        registers: [this.registry]
+    });
+    private readonly stateRefusals = new Counter({
+        name: "keepkv_conversation_state_refusals_total", help: "Saved conversation states refused and deleted, by reason (the conversation was evaluated again).",
+        labelNames: ["reason"], registers: [this.registry]
+    });
+    private readonly stateSaves = new Counter({
+        name: "keepkv_conversation_state_saves_total", help: "Conversation states written to disk (idle, sequence needed, switch, shutdown).",
+        registers: [this.registry]
+    });
+    private readonly stateRemovals = new Counter({
+        name: "keepkv_conversation_state_removals_total", help: "Saved conversation states removed to keep the folder under its limit (least recently used first).",
+        registers: [this.registry]
+    });
+    private readonly stateSaveFailures = new Counter({
+        name: "keepkv_conversation_state_save_failures_total", help: "Conversation states that could not be written.", registers: [this.registry]
+    });
+    private readonly stateDiskBytes = new Gauge({
+        name: "keepkv_conversation_state_disk_bytes", help: "Bytes the saved conversation states take on disk.", registers: [this.registry]
     });
 
     private kvBaseline: KvTotals | null = null;
@@ -187,6 +224,8 @@ export class ServerMetrics {
         // every known code is exported from the start at 0, so that rate() and increase() see the first error
         for (const code of Object.keys(errorCodes))
             this.errors.labels(code).inc(0);
+        for (const reason of stateRefusals)
+            this.stateRefusals.labels(reason).inc(0);
     }
 
     get contentType(): string {
@@ -219,6 +258,10 @@ export class ServerMetrics {
         this.requestPromptTokens.labels(model).observe(promptTokens);
     }
 
+    promptEvaluated(model: string, tokens: number): void {
+        this.promptTokensEvaluated.labels(model).inc(tokens);
+    }
+
     firstToken(model: string, ttftSeconds: number): void {
         this.ttft.labels(model).observe(ttftSeconds);
     }
@@ -240,6 +283,10 @@ export class ServerMetrics {
         this.requestGenerationTokens.labels(model).observe(completionTokens);
         if (errorCode != null)
             this.errors.labels(errorCode).inc();
+    }
+
+    engineStatsRead(): void {
+        this.statsReads.inc();
     }
 
     requestRefused(code: string): void {
@@ -276,6 +323,18 @@ export class ServerMetrics {
     setConfigInfo(labels: ConfigInfoLabels): void {
         this.configInfo.reset();
         this.configInfo.labels(labels).set(1);
+    }
+
+    conversationState(event: Extract<FromEngine, { t: "state" }>): void {
+        switch (event.event) {
+            case "saved": this.stateSaves.inc(); break;
+            case "removed": this.stateRemovals.inc(); break;
+            case "restored": this.stateRestores.inc(); break;
+            case "miss": this.stateMisses.inc(); break;
+            case "refused": this.stateRefusals.labels(event.reason).inc(); break;
+            case "save_failed": this.stateSaveFailures.inc(); break;
+        }
+        this.stateDiskBytes.set(event.diskBytes);
     }
 
     websocketOpened(): void { this.wsConnections.inc(); }

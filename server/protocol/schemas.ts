@@ -20,14 +20,20 @@ const chatMessageSchema = {
     additionalProperties: true
 };
 
+// Every number bounded on both sides. ajv's "number" refuses Infinity and NaN (JSON.parse makes 1e400
+// Infinity) but its "integer" does not, so each integer has a maximum: token counts and top_k fit the
+// int32 that llama.cpp takes them as, a seed any safe integer (llama.cpp uses it modulo 2^32).
+// repeat_penalty divides positive logits (llama.cpp's penalties sampler): 0 would make them infinite
+// and a tiny one overflow the float, so it stays within [0.1, 10] (1 is off).
+const int32Max = 2_147_483_647;
 const samplingProperties = {
-    max_tokens: { type: "integer", minimum: 1 },
+    max_tokens: { type: "integer", minimum: 1, maximum: int32Max },
     temperature: { type: "number", minimum: 0, maximum: 2 },
     top_p: { type: "number", minimum: 0, maximum: 1 },
-    top_k: { type: "integer", minimum: 0 },
+    top_k: { type: "integer", minimum: 0, maximum: int32Max },
     min_p: { type: "number", minimum: 0, maximum: 1 },
-    repeat_penalty: { type: "number", minimum: 0, maximum: 10 },
-    seed: { type: "integer" },
+    repeat_penalty: { type: "number", minimum: 0.1, maximum: 10 },
+    seed: { type: "integer", minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
     // bounded: the engine looks for every stop string in the text after each token
     stop: {
         anyOf: [
@@ -184,13 +190,13 @@ const openAiCommon = {
     stream: { type: "boolean" },
     stream_options: { type: ["object", "null"], properties: { include_usage: { type: "boolean" } } },
     n: { type: ["integer", "null"], minimum: 1, maximum: 1 },
-    max_completion_tokens: { type: ["integer", "null"], minimum: 1 },
+    max_completion_tokens: { type: ["integer", "null"], minimum: 1, maximum: int32Max },
     conversation_id: idSchema,
     ...samplingProperties,
-    max_tokens: { type: ["integer", "null"], minimum: 1 },
+    max_tokens: { type: ["integer", "null"], minimum: 1, maximum: int32Max },
     temperature: { type: ["number", "null"], minimum: 0, maximum: 2 },
     top_p: { type: ["number", "null"], minimum: 0, maximum: 1 },
-    seed: { type: ["integer", "null"] }
+    seed: { type: ["integer", "null"], minimum: Number.MIN_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER }
 };
 
 const chatCompletionBody = {

@@ -10,6 +10,7 @@ import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
 } from "../engine/ipc.js";
 import type { EngineExit, EngineListener, EngineSupervisor } from "../engine/supervisor.js";
+import { conversationKey } from "./conversation-key.js";
 import { SlotPool } from "./slot-pool.js";
 
 export type RequestSpec = {
@@ -115,6 +116,7 @@ export class Scheduler implements EngineListener {
     /** why the engine cannot start again (a restart failed), until one succeeds: requests fail fast */
     private engineFailure: string | null = null;
     private onReadyHooks: ((info: EngineModelInfo) => void)[] = [];
+    private finishedValue = 0;
 
     constructor(
         private readonly limits: SchedulerLimits,
@@ -134,6 +136,11 @@ export class Scheduler implements EngineListener {
     /** called whenever a model starts serving (first start, restart, switch) */
     onModelReady(hook: (info: EngineModelInfo) => void): void {
         this.onReadyHooks.push(hook);
+    }
+
+    /** requests finished so far, however they ended (the KV statistics may have changed since) */
+    get finishedRequests(): number {
+        return this.finishedValue;
     }
 
     get model(): EngineModelInfo | null {
@@ -221,6 +228,7 @@ export class Scheduler implements EngineListener {
                 request.promptTokens = message.promptTokens;
                 request.cachedTokens = message.cachedTokens;
                 request.promptMs = message.promptMs;
+                this.metrics.promptEvaluated(request.model, message.promptEvaluated);
                 const reason: FinishReason = message.finishReason === "cancel" ? (request.cancelReason ?? "cancel") : message.finishReason;
                 const kv = wireKv(this.modelInfo?.policy ?? "off", message.kv, request.slot);
                 this.finish(request, reason, message.error ?? null, kv);
@@ -274,6 +282,15 @@ export class Scheduler implements EngineListener {
 
     busy(): boolean {
         return this.running.size > 0;
+    }
+
+    onStateEvent(event: Extract<FromEngine, { t: "state" }>): void {
+        this.metrics.conversationState(event);
+        if (event.event === "refused")
+            this.log.warn("a saved conversation state was refused and deleted; the conversation is evaluated again",
+                { reason: event.reason, detail: event.message });
+        else if (event.event === "save_failed")
+            this.log.warn("a conversation state could not be saved", { error: event.message });
     }
 
     // ---- model switch and shutdown
@@ -362,7 +379,8 @@ export class Scheduler implements EngineListener {
                     maxPromptTokens: this.limits.maxPromptTokens,
                     sampling: request.spec.sampling,
                     stop: request.spec.stop,
-                    clearCache: acquired.clearCache
+                    clearCache: acquired.clearCache,
+                    conversationKey: conversationKey(request.spec)
                 }
             });
             if (!sent)
@@ -399,6 +417,7 @@ export class Scheduler implements EngineListener {
     private finish(request: ScheduledRequest, reason: FinishReason, error: WireError | null, kv: WireKvStats | null): void {
         if (request.state === "done")
             return;
+        this.finishedValue++;
         const wasRunning = request.state === "running";
         request.state = "done";
         const now = monoMs();

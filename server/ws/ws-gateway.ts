@@ -9,8 +9,9 @@ import { errorCodes, openAiErrorBody, type ErrorCode } from "../protocol/errors.
 import type { Scheduler } from "../scheduler/scheduler.js";
 import { bearerToken, originAllowed, setPrincipal } from "../http/auth.js";
 import { anonymous, type KeyRing, type Principal } from "../security/api-keys.js";
-import { clientAddress, hostAllowed } from "../security/hosts.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { clientAddress, hostAllowed, type HostPolicy } from "../security/hosts.js";
+import type { ConnectionLimiter } from "../security/connection-limit.js";
+import { addressBucket, type RateLimiter } from "../security/rate-limit.js";
 import { wsCloseCodes, WsSession } from "./ws-session.js";
 
 export const wsPath = "/v1/ws";
@@ -23,9 +24,13 @@ export type WsGatewayOptions = {
     maxBufferedBytes: number,
     pingIntervalMs: number,
     /** Host names accepted (null: any); see security/hosts.ts */
-    allowedHosts?: readonly string[] | null,
+    allowedHosts?: HostPolicy | null,
     rateLimiter?: RateLimiter,
-    trustProxy?: boolean
+    trustProxy?: boolean,
+    /** why this connection is over the connection caps (server.ts decides when it opens), or null */
+    connectionRefusal?: (socket: Duplex) => string | null,
+    /** behind a trusted proxy: WebSockets counted per forwarded client address */
+    forwardedConnections?: ConnectionLimiter
 };
 
 function refuseUpgrade(socket: Duplex, code: ErrorCode, message: string): void {
@@ -70,6 +75,12 @@ export class WsGateway {
             refuseUpgrade(socket, "shutting_down", "the server is shutting down");
             return;
         }
+        const overCap = this.opts.connectionRefusal?.(socket) ?? null;
+        if (overCap != null) {
+            this.metrics.requestRefused("too_many_connections");
+            refuseUpgrade(socket, "too_many_connections", overCap);
+            return;
+        }
         if (!hostAllowed(req.headers.host, this.opts.allowedHosts ?? null)) {
             this.metrics.requestRefused("forbidden_host");
             refuseUpgrade(socket, "forbidden_host", "this Host is not allowed (allowed-hosts)");
@@ -80,13 +91,22 @@ export class WsGateway {
             refuseUpgrade(socket, "forbidden_origin", `origin ${req.headers.origin} is not allowed (allowed-origins)`);
             return;
         }
+        const client = clientAddress(req, this.opts.trustProxy === true);
+        const limiter = this.opts.rateLimiter;
         const keys = this.opts.keys;
         let principal: Principal | null = keys.apiOpen ? anonymous : null;
         const token = bearerToken(req.headers.authorization);
+        // an address that has used up its allowance (wrong tokens count) gets no answer about its token
+        if (!keys.apiOpen && limiter != null && limiter.exhausted(addressBucket(client))) {
+            this.metrics.requestRefused("rate_limited");
+            refuseUpgrade(socket, "rate_limited", `more than ${limiter.perMinute} requests per minute from this client (rate-limit); retry later`);
+            return;
+        }
         if (!keys.apiOpen && token != null) {
             principal = keys.identify(token);
             if (principal == null) {
                 this.metrics.requestRefused("unauthorized");
+                limiter?.take(addressBucket(client));
                 refuseUpgrade(socket, "unauthorized", "wrong bearer token");
                 return;
             }
@@ -101,12 +121,20 @@ export class WsGateway {
         const origin = req.headers.origin;
         if (principal == null && (origin == null || origin === "")) {
             this.metrics.requestRefused("unauthorized");
+            limiter?.take(addressBucket(client));
             refuseUpgrade(socket, "unauthorized", "missing bearer token (Authorization: Bearer ...)");
             return;
         }
+        const counted = this.opts.forwardedConnections?.acquire(client);
+        if (counted != null && !counted.ok) {
+            this.metrics.requestRefused("too_many_connections");
+            refuseUpgrade(socket, "too_many_connections", counted.message);
+            return;
+        }
+        if (counted?.ok === true)
+            socket.once("close", counted.release);
         if (principal != null)
             setPrincipal(req, principal);
-        const client = clientAddress(req, this.opts.trustProxy === true);
         this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, principal, client));
     }
 

@@ -1,6 +1,7 @@
 // One WebSocket client: parses and validates its messages, runs its requests (several at once), and
 // streams their output with backpressure: while the client lags, deltas of a request are coalesced
-// into one; a client that leaves more than `wsMaxBufferedBytes` unread is disconnected.
+// into one; a client that leaves more than `wsMaxBufferedBytes` unread (deltas or any other message) is
+// disconnected.
 import type { WebSocket, RawData } from "ws";
 import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
@@ -12,7 +13,7 @@ import {
 import { newConversationId, requestSpec } from "../scheduler/request-spec.js";
 import type { ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import type { KeyRing, Principal } from "../security/api-keys.js";
-import type { RateLimiter } from "../security/rate-limit.js";
+import { addressBucket, principalBucket, type RateLimiter } from "../security/rate-limit.js";
 
 /** above this many unsent bytes, deltas are coalesced instead of sent one by one */
 const coalesceAboveBytes = 64 * 1024;
@@ -103,6 +104,10 @@ export class WsSession {
     }
 
     private handleMessage(data: RawData, isBinary: boolean): void {
+        if (this.principal == null) {
+            this.handleFirstMessage(data, isBinary);
+            return;
+        }
         if (isBinary) {
             this.sendError(null, "invalid_message", "binary frames are not supported; send JSON text");
             return;
@@ -128,10 +133,6 @@ export class WsSession {
         const validate = Object.hasOwn(validators.wsClient, record.type) ? validators.wsClient[record.type] : undefined;
         if (validate == null) {
             this.sendError(id, "unknown_type", `unknown message type ${quote(record.type)}; known: chat, cancel, new_conversation, auth, ping`);
-            return;
-        }
-        if (this.principal == null && record.type !== "auth") {
-            this.refuse("authenticate first: send {\"type\":\"auth\",\"token\":\"...\"} or connect with an Authorization header");
             return;
         }
         if ((record.type === "chat" || record.type === "cancel") && !("id" in record)) {
@@ -161,10 +162,43 @@ export class WsSession {
         }
     }
 
+    /**
+     * Before authentication the only acceptable message is a valid `auth`: anything else (another type,
+     * bad JSON, a binary frame) closes the socket, so that an unauthenticated client cannot make the
+     * server parse, validate and answer at will.
+     */
+    private handleFirstMessage(data: RawData, isBinary: boolean): void {
+        let message: unknown = null;
+        if (!isBinary) {
+            try {
+                message = JSON.parse(data.toString());
+            } catch {
+                // refused below
+            }
+        }
+        if (validators.wsClient.auth!(message)) {
+            this.onAuth((message as { token: string }).token);
+            return;
+        }
+        this.refuse("authenticate first: send {\"type\":\"auth\",\"token\":\"...\"} or connect with an Authorization header");
+    }
+
     private onAuth(token: string): void {
-        if (!this.opts.keys.apiOpen) {
-            const principal = this.opts.keys.identify(token);
+        const keys = this.opts.keys;
+        if (!keys.apiOpen) {
+            const limiter = this.opts.rateLimiter;
+            const address = addressBucket(this.opts.client ?? "unknown");
+            // as at the upgrade: an address out of allowance learns nothing about its token, and a wrong one costs
+            if (limiter != null && limiter.exhausted(address)) {
+                this.metrics.requestRefused("rate_limited");
+                this.sendError(null, "rate_limited", `more than ${limiter.perMinute} requests per minute from this client (rate-limit); retry later`);
+                this.closed = true;
+                this.ws.close(wsCloseCodes.policyViolation, "rate limited");
+                return;
+            }
+            const principal = keys.identify(token);
             if (principal == null) {
+                limiter?.take(address);
                 this.refuse("wrong token");
                 return;
             }
@@ -206,10 +240,13 @@ export class WsSession {
             this.sendError(id, "too_many_requests", `this socket already has ${this.inFlight.size} requests in flight (max-requests-per-socket)`);
             return;
         }
-        const rate = this.opts.rateLimiter?.take(this.opts.client ?? "unknown");
+        // the key's own bucket is its principal's name, shared by every address that uses the key
+        const keyed = !this.opts.keys.apiOpen && this.principal != null;
+        const buckets = [addressBucket(this.opts.client ?? "unknown"), ...(keyed ? [principalBucket(this.principal!.name)] : [])];
+        const rate = this.opts.rateLimiter?.takeAll(buckets);
         if (rate != null && !rate.ok) {
             this.metrics.requestRefused("rate_limited");
-            this.sendError(id, "rate_limited", `more than ${this.opts.rateLimiter!.perMinute} requests per minute from this client (rate-limit); retry in ${rate.retryAfterS} s`);
+            this.sendError(id, "rate_limited", `more than ${this.opts.rateLimiter!.perMinute} requests per minute from this client address or key (rate-limit); retry in ${rate.retryAfterS} s`);
             return;
         }
         const input = message.messages != null
@@ -290,6 +327,11 @@ export class WsSession {
             pending += entry.pendingText.length;
         if (this.ws.bufferedAmount + pending <= this.opts.maxBufferedBytes)
             return true;
+        this.dropSlowClient();
+        return false;
+    }
+
+    private dropSlowClient(): void {
         this.log.warn("dropping a websocket client that does not read", { buffered: this.ws.bufferedAmount });
         this.metrics.clientDropped("ws", "slow_consumer");
         this.closed = true;
@@ -297,13 +339,18 @@ export class WsSession {
         // the close frame waits behind the unread data: do not wait for the handshake
         setTimeout(() => this.ws.terminate(), 1000).unref();
         this.cancelAll();
-        return false;
     }
 
+    /**
+     * Every message goes out here, under the same bound as the deltas: a client that sends pings or bad
+     * messages without reading the answers is disconnected once they pile up past wsMaxBufferedBytes.
+     */
     private send(message: WsServerMessage): void {
         if (this.ws.readyState !== this.ws.OPEN)
             return;
         this.ws.send(JSON.stringify(message));
+        if (!this.closed && this.ws.bufferedAmount > this.opts.maxBufferedBytes)
+            this.dropSlowClient();
     }
 
     private sendError(id: string | null, code: ErrorCode, message: string): void {
