@@ -98,5 +98,8 @@ if [ "$start" -eq 1 ]; then
     say "starting the server (Ctrl-C to stop)"
     # the server itself replaces this script (what npm start runs, without npm): a SIGTERM sent to this
     # script's process reaches the server, which drains and exits; npm would exit and leave it running
+    # conversations outlive engine crashes and restarts: their states are saved in the cache folder
+    # (KEEPKV_STATE_DIR moves it; the folder holds conversation content, and belongs to one server)
+    export KEEPKV_STATE_DIR="${KEEPKV_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/keepkv/states}"
     exec node dist/server/main.js
 fi
