@@ -11,14 +11,7 @@ import type { ChatMessage, WsErrorMessage, WsFinalMessage } from "../server/prot
 import { testModelPath } from "../server/engine/model-paths.js";
 import { httpJson, startServer, waitFor, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient } from "./helpers/ws-client.js";
-
-function sample(exposition: string, name: string, labels = ""): number {
-    let total = 0;
-    for (const line of exposition.split("\n"))
-        if ((line.startsWith(name + " ") || line.startsWith(name + "{")) && line.includes(labels))
-            total += Number(line.slice(line.lastIndexOf(" ") + 1));
-    return total;
-}
+import { sample } from "./helpers/metrics-text.js";
 
 async function metric(server: ServerHandle, name: string, labels = ""): Promise<number> {
     return sample(await (await fetch(`${server.url}/metrics`)).text(), name, labels);

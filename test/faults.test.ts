@@ -14,15 +14,7 @@ import { estimateMemory } from "../server/engine/memory-estimate.js";
 import { engineSettingsFor } from "../server/models/engine-settings.js";
 import { httpJson, serverEntry, startServer, testServerArgs, waitFor, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient, type ChatRun } from "./helpers/ws-client.js";
-
-/** The sum of a metric's samples whose labels contain `labels`. */
-function sample(exposition: string, name: string, labels = ""): number {
-    let total = 0;
-    for (const line of exposition.split("\n"))
-        if ((line.startsWith(name + " ") || line.startsWith(name + "{")) && line.includes(labels))
-            total += Number(line.slice(line.lastIndexOf(" ") + 1));
-    return total;
-}
+import { sample } from "./helpers/metrics-text.js";
 
 async function metrics(server: ServerHandle): Promise<string> {
     return await (await fetch(`${server.url}/metrics`)).text();

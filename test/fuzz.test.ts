@@ -22,6 +22,7 @@ import {
 } from "./helpers/fuzz.js";
 import { httpJson, startServer, waitFor, type ServerHandle } from "./helpers/server-process.js";
 import { WsTestClient } from "./helpers/ws-client.js";
+import { sample } from "./helpers/metrics-text.js";
 
 const totalCases = Number(process.env.KEEPKV_FUZZ_CASES ?? 2000);
 const seed = Number(process.env.KEEPKV_FUZZ_SEED ?? 1);
@@ -371,14 +372,6 @@ function checkHttp(c: HttpCase, res: { status: number, headers: http.IncomingHtt
 function rssOf(pid: number): number {
     const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
     return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)![1]) * 1024;
-}
-
-function sample(exposition: string, name: string, labels = ""): number {
-    let total = 0;
-    for (const line of exposition.split("\n"))
-        if ((line.startsWith(name + " ") || line.startsWith(name + "{")) && line.includes(labels))
-            total += Number(line.slice(line.lastIndexOf(" ") + 1));
-    return total;
 }
 
 describe(`fuzzing the server (${totalCases} cases, seed ${seed})`, function () {

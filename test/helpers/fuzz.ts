@@ -1,19 +1,13 @@
 // Seeded generators of hostile input for the WebSocket messages and the HTTP bodies: random and mutated
 // JSON, deep nesting, huge strings and arrays, wrong types, prototype names, invalid UTF-8, binary
-// frames. Reproducible: the same seed gives the same cases. Used by test/fuzz.test.ts.
+// frames. Reproducible: the same seed gives the same cases. Used by test/fuzz.test.ts and test/helpers/gguf-fuzz.ts.
+import { seededRandom } from "../../scripts/lib/seeded-random.js";
 
 export class Rng {
-    private state: number;
+    /** mulberry32, the project's one seeded generator */
+    readonly next: () => number;
     constructor(seed: number) {
-        this.state = seed >>> 0;
-    }
-    /** mulberry32 */
-    next(): number {
-        this.state = (this.state + 0x6D2B79F5) >>> 0;
-        let t = this.state;
-        t = Math.imul(t ^ (t >>> 15), t | 1);
-        t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-        return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+        this.next = seededRandom(seed);
     }
     int(n: number): number {
         return Math.floor(this.next() * n);

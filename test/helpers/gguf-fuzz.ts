@@ -5,27 +5,8 @@
 // the same cases.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { seededRandom } from "../../scripts/lib/seeded-random.js";
+import { Rng } from "./fuzz.js";
 import { bufferSource, readGgufHeader, type GgufErrorCode } from "../../server/models/gguf-header.js";
-
-export class GgufRng {
-    private readonly next: () => number;
-    constructor(seed: number) {
-        this.next = seededRandom(seed);
-    }
-    float(): number {
-        return this.next();
-    }
-    int(n: number): number {
-        return Math.floor(this.next() * n);
-    }
-    bool(p = 0.5): boolean {
-        return this.next() < p;
-    }
-    pick<T>(items: readonly T[]): T {
-        return items[this.int(items.length)]!;
-    }
-}
 
 /** One generated file: its first bytes, and its size (the rest reads as zeros: a sparse file). */
 export type GgufCase = {
@@ -107,7 +88,7 @@ function setField(buf: Buffer, field: Field, value: bigint): void {
 }
 
 /** A fixture's header with one to four mutations. */
-function mutated(rng: GgufRng, fx: Fixture): GgufCase {
+function mutated(rng: Rng, fx: Fixture): GgufCase {
     const bytes = Buffer.from(fx.header);
     const notes: string[] = [];
     const n = 1 + rng.int(4);
@@ -161,7 +142,7 @@ function mutated(rng: GgufRng, fx: Fixture): GgufCase {
 }
 
 /** A fixture cut short: inside the header (truncated_header), or in its tensor data (truncated_data). */
-function truncated(rng: GgufRng, fx: Fixture): GgufCase {
+function truncated(rng: Rng, fx: Fixture): GgufCase {
     if (rng.bool(0.7)) {
         // at least the magic: a shorter file is not a GGUF at all
         const cut = 4 + rng.int(fx.headerEnd - 4);
@@ -171,7 +152,7 @@ function truncated(rng: GgufRng, fx: Fixture): GgufCase {
     return { note: `${fx.name} cut at ${cut} in the tensor data (${fx.dataEnd} bytes)`, bytes: fx.header, size: cut, expect: ["truncated_data"] };
 }
 
-function wrongMagicOrVersion(rng: GgufRng, fx: Fixture): GgufCase {
+function wrongMagicOrVersion(rng: Rng, fx: Fixture): GgufCase {
     const bytes = Buffer.from(fx.header);
     if (rng.bool()) {
         bytes.write(rng.pick(["GGUG", "gguf", "GGML", "\0\0\0\0", "FUGG", "GGJT"]), 0, "latin1");
@@ -220,7 +201,7 @@ const keys = ["general.architecture", "general.name", "general.alignment", "gene
     "llama.embedding_length", "llama.attention.head_count", "tokenizer.ggml.tokens", "tokenizer.chat_template", "llama.attention.sliding_window",
     "__proto__", "constructor", "hasOwnProperty", "a", "\u0000", "é", "\ud83d\ude00"];
 
-function scalarOf(w: Writer, rng: GgufRng, type: number): void {
+function scalarOf(w: Writer, rng: Rng, type: number): void {
     const sizes = [1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8];
     if (type === 8)
         w.str(rng.pick(["llama", "gemma3", "zzzzz", "", "x".repeat(2000), "mamba"]));
@@ -229,7 +210,7 @@ function scalarOf(w: Writer, rng: GgufRng, type: number): void {
 }
 
 /** A header made up from scratch: a few keys and tensors, each of which may be hostile. */
-function crafted(rng: GgufRng): GgufCase {
+function crafted(rng: Rng): GgufCase {
     const w = new Writer().raw("GGUF").u32(rng.bool(0.9) ? 3 : 2);
     const notes: string[] = [];
     const nKv = rng.int(7);
@@ -302,7 +283,7 @@ function crafted(rng: GgufRng): GgufCase {
 }
 
 /** The shape of the finding: a tiny file whose one array declares a huge count, for each element type. */
-function hugeArray(rng: GgufRng): GgufCase {
+function hugeArray(rng: Rng): GgufCase {
     const drawn = rng.int(13);
     const element = drawn === 9 ? 8 : drawn;
     const count = rng.pick(huge64);
@@ -312,7 +293,7 @@ function hugeArray(rng: GgufRng): GgufCase {
 }
 
 /** Random bytes after a valid magic and version. */
-function noise(rng: GgufRng): GgufCase {
+function noise(rng: Rng): GgufCase {
     const length = rng.pick([0, 8, 24, 100, 1000, 5000]);
     const bytes = Buffer.concat([Buffer.from("GGUF"), Buffer.from([3, 0, 0, 0]), Buffer.from(Array.from({ length }, () => rng.int(256)))]);
     return { note: `magic, version 3, ${length} random bytes`, bytes, size: bytes.length, expect: null };
@@ -320,7 +301,7 @@ function noise(rng: GgufRng): GgufCase {
 
 /** The n-th case of a run (cases depend only on the seed and their index). */
 export function ggufCase(seed: number, n: number, fixtures: readonly Fixture[]): GgufCase {
-    const rng = new GgufRng(seed * 1_000_003 + n);
+    const rng = new Rng(seed * 1_000_003 + n);
     const fx = rng.pick(fixtures);
     const r = rng.int(20);
     if (r < 8)
