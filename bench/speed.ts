@@ -15,32 +15,17 @@
 // (teacher-forced) rather than sampled: the work per token is the same, and the vanilla binary can run it.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { withLock } from "lifecycle-utils";
 import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
 import { createKeepKvContext, KeepKvOptions, keepKvContextStats, type KeepKvSelection } from "../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
+import { decodeRaw } from "../server/engine/native-context.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
 
-type RawAddon = {
-    initBatch(size: number): void,
-    addToBatch(sequenceId: number, firstTokenSequenceIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array,
-    decodeBatch(): Promise<void>,
-    removeTokenCellsFromSequence(sequenceId: number, startPos: number, endPos: number): boolean
-};
-
-const addonOf = (context: LlamaContext) => (context as unknown as { _ctx: RawAddon })._ctx;
-
 /** One decode with several sequences: each gets `tokens` from `pos`, with the logits of its last token. */
 async function decode(context: LlamaContext, items: { seq: number, pos: number, tokens: Token[] }[]): Promise<void> {
-    await withLock([context as object, "context"], async () => {
-        const a = addonOf(context);
-        a.initBatch(items.reduce((n, x) => n + x.tokens.length, 0));
-        for (const { seq, pos, tokens } of items)
-            a.addToBatch(seq, pos, Uint32Array.from(tokens), Uint32Array.from([tokens.length - 1]));
-        await a.decodeBatch();
-    });
+    await decodeRaw(context, items, false);
 }
 
 /** Prefills `count` tokens into each sequence, `chunk` per decode (one sequence at a time); returns seconds. */

@@ -1,19 +1,7 @@
 // Scoring text with a context: the negative log-likelihood of every next token, decoding in chunks so that
 // a context with a KeepKV budget compresses as it goes (a streaming evaluation).
-import { withLock } from "lifecycle-utils";
 import type { LlamaContext, Token } from "node-llama-cpp";
-
-type RawAddon = {
-    initBatch(size: number): void,
-    addToBatch(sequenceId: number, firstTokenSequenceIndex: number, tokens: Uint32Array, logitIndexes: Uint32Array): Uint32Array,
-    decodeBatch(): Promise<void>,
-    getOutputLogits(index: number): Float32Array | null,
-    removeTokenCellsFromSequence(sequenceId: number, startPos: number, endPos: number): boolean
-};
-
-function addonOf(context: LlamaContext): RawAddon {
-    return (context as unknown as { _ctx: RawAddon })._ctx;
-}
+import { decodeRaw, removeCellsRaw } from "../../server/engine/native-context.js";
 
 export function logSoftmaxAt(logits: Float32Array, token: number): number {
     let max = -Infinity;
@@ -38,29 +26,21 @@ export function argmax(logits: Float32Array): number {
  * time, and returns nll[i] = -ln p(tokens[i + 1] | tokens[0..i]) for i >= scoreFrom.
  */
 export async function streamingNll(context: LlamaContext, seq: number, tokens: Token[], chunk: number, scoreFrom = 0): Promise<number[]> {
-    return await withLock([context as object, "context"], async () => {
-        const a = addonOf(context);
-        a.removeTokenCellsFromSequence(seq, 0, -1);
-        const nll: number[] = [];
-        for (let start = 0; start < tokens.length - 1; start += chunk) {
-            const part = tokens.slice(start, Math.min(start + chunk, tokens.length - 1));
-            const wanted: number[] = [];
-            for (let i = 0; i < part.length; i++)
-                if (start + i >= scoreFrom)
-                    wanted.push(i);
-            a.initBatch(part.length);
-            a.addToBatch(seq, start, Uint32Array.from(part), Uint32Array.from(wanted));
-            await a.decodeBatch();
-            for (let k = 0; k < wanted.length; k++) {
-                const logits = a.getOutputLogits(wanted[k]!);
-                if (logits == null)
-                    throw new Error("no logits");
-                const i = start + wanted[k]!;
-                nll.push(-logSoftmaxAt(logits, tokens[i + 1]!));
-            }
-        }
-        return nll;
-    });
+    await removeCellsRaw(context, seq, 0, -1);
+    const nll: number[] = [];
+    for (let start = 0; start < tokens.length - 1; start += chunk) {
+        const part = tokens.slice(start, Math.min(start + chunk, tokens.length - 1));
+        const wanted: number[] = [];
+        for (let i = 0; i < part.length; i++)
+            if (start + i >= scoreFrom)
+                wanted.push(i);
+        const [outputs] = await decodeRaw(context, [{ seq, pos: start, tokens: part, outputs: wanted }]);
+        outputs!.forEach((logits, k) => {
+            const i = start + wanted[k]!;
+            nll.push(-logSoftmaxAt(logits, tokens[i + 1]!));
+        });
+    }
+    return nll;
 }
 
 /**
@@ -85,41 +65,28 @@ export async function windowedPerplexity(context: LlamaContext, tokens: Token[],
 
 /** Evaluates a prompt into sequence `seq` (cleared first), `chunk` tokens at a time; returns the last logits. */
 export async function evaluatePrompt(context: LlamaContext, seq: number, prompt: Token[], chunk: number): Promise<Float32Array> {
-    return await withLock([context as object, "context"], async () => {
-        const a = addonOf(context);
-        a.removeTokenCellsFromSequence(seq, 0, -1);
-        let logits: Float32Array | null = null;
-        for (let start = 0; start < prompt.length; start += chunk) {
-            const part = prompt.slice(start, start + chunk);
-            a.initBatch(part.length);
-            a.addToBatch(seq, start, Uint32Array.from(part), Uint32Array.from([part.length - 1]));
-            await a.decodeBatch();
-            logits = a.getOutputLogits(part.length - 1);
-        }
-        if (logits == null)
-            throw new Error("no logits");
-        return logits;
-    });
+    await removeCellsRaw(context, seq, 0, -1);
+    let logits: Float32Array | null = null;
+    for (let start = 0; start < prompt.length; start += chunk) {
+        const [[last]] = await decodeRaw(context, [{ seq, pos: start, tokens: prompt.slice(start, start + chunk) }]);
+        logits = last!;
+    }
+    if (logits == null)
+        throw new Error("no logits");
+    return logits;
 }
 
 /** Greedy continuation of sequence `seq` from position `pos`, where `logits` are the last token's. */
 export async function continueGreedy(context: LlamaContext, seq: number, pos: number, logits: Float32Array, n: number): Promise<Token[]> {
-    return await withLock([context as object, "context"], async () => {
-        const a = addonOf(context);
-        const out: Token[] = [];
-        let last: Float32Array | null = logits;
-        for (let i = 0; i < n; i++) {
-            if (last == null)
-                throw new Error("no logits");
-            const token = argmax(last) as Token;
-            out.push(token);
-            a.initBatch(1);
-            a.addToBatch(seq, pos + i, Uint32Array.from([token]), Uint32Array.from([0]));
-            await a.decodeBatch();
-            last = a.getOutputLogits(0);
-        }
-        return out;
-    });
+    const out: Token[] = [];
+    let last = logits;
+    for (let i = 0; i < n; i++) {
+        const token = argmax(last) as Token;
+        out.push(token);
+        const [[next]] = await decodeRaw(context, [{ seq, pos: pos + i, tokens: [token] }]);
+        last = next!;
+    }
+    return out;
 }
 
 /**

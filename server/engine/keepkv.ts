@@ -1,11 +1,14 @@
 // The typed TypeScript face of KeepKV: options (declared, documented and validated here, once), context
 // creation with a policy and a per-sequence KV budget, explicit compression and statistics.
 //
-// Everything that touches the native context takes node-llama-cpp's own context lock, so it never runs
-// while a batch of that context is being decoded.
-import { withLock } from "lifecycle-utils";
-import type { Llama, LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaModel } from "node-llama-cpp";
-import { keepKvVersionOf } from "./llama-loader.js";
+// The operations that change or read the cells take node-llama-cpp's own context lock, so they never run while
+// a batch of that context is being decoded. The statistics do not: the native side answers them between the
+// workers that use the memory (see keepKvReadStats in the node-llama-cpp patches).
+import type { LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaModel } from "node-llama-cpp";
+import {
+    keepKvVersionOf, nativeKeepKvOf, nativeSequenceIdOf, underContextLock,
+    type NativeContextStats, type NativeKeepKv, type NativeSequenceStats
+} from "./native-context.js";
 
 export const keepKvPolicies = ["off", "window", "evict", "merge-naive", "keepkv"] as const;
 export type KeepKvPolicy = typeof keepKvPolicies[number];
@@ -202,7 +205,7 @@ function toAddonParams(settings: KeepKvSettings) {
     };
 }
 
-export type KeepKvContextOptions = Omit<LlamaContextOptions, "contextSize"> & {
+export type KeepKvContextOptions = Omit<LlamaContextOptions, "contextSize" | "keepKv"> & {
     /** logical context per sequence, in tokens */
     contextSize: number,
     keepKv?: KeepKvOptions
@@ -210,33 +213,11 @@ export type KeepKvContextOptions = Omit<LlamaContextOptions, "contextSize"> & {
 
 const contextSettings = new WeakMap<LlamaContext, KeepKvSettings>();
 
-type AddonSequenceStats = {
-    cells: number, budget: number, capacity: number, posMax: number, removed: number, mergedSlots: number,
-    evictedSlots: number, compressions: number, compressMs: number, voteMax: number, voteMean: number, kvBytesUsed: number
-};
-type AddonContextStats = {
-    streams: number, cellsPerStream: number, slotsPerCell: number, kvBytes: number, kvBytesPerCell: number, keepKvBytes: number
-};
-type AddonKeepKv = {
-    keepKvCompress(sequenceId: number, what: number | Int32Array): Promise<number>,
-    keepKvSelect(sequenceId: number, n: number): Int32Array,
-    keepKvGetSequenceStats(sequenceId: number): AddonSequenceStats | null,
-    keepKvGetContextStats(): AddonContextStats | null,
-    getOutputLogits(index: number): Float32Array | null,
-    keepKvSetVote(sequenceId: number, pos: number, layer: number, headKv: number, vote: number): boolean,
-    keepKvGetCellPositions(sequenceId: number): Int32Array | null
-};
-
-function addonOf(context: LlamaContext): AddonKeepKv {
-    return (context as unknown as { _ctx: AddonKeepKv })._ctx;
-}
-
-function sequenceIdOf(sequence: LlamaContextSequence): number {
-    return (sequence as unknown as { _sequenceId: number })._sequenceId;
-}
-
-function llamaOf(model: LlamaModel): Llama {
-    return (model as unknown as { _llama: Llama })._llama;
+function nativeOf(context: LlamaContext): NativeKeepKv {
+    const native = nativeKeepKvOf(context);
+    if (native == null)
+        throw new KeepKvError("KEEPKV_NOT_PATCHED", "this llama.cpp binary has no KeepKV: load it with loadPatchedLlama()");
+    return native;
 }
 
 const unsupportedModel = /not supported|no KV cache|recurrent|hybrid/;
@@ -252,13 +233,13 @@ export async function createKeepKvContext(model: LlamaModel, options: KeepKvCont
 
     if (settings.policy === "off") {
         const context = await model.createContext(settings.unifiedKvCache
-            ? { ...contextOptions, keepKv: { policy: 0, unifiedKvCache: true } } as LlamaContextOptions
+            ? { ...contextOptions, keepKv: { policy: 0, unifiedKvCache: true } }
             : contextOptions);
         contextSettings.set(context, settings);
         return context;
     }
 
-    if (keepKvVersionOf(llamaOf(model)) == null)
+    if (keepKvVersionOf(model.llama) == null)
         throw new KeepKvError("KEEPKV_NOT_PATCHED", "this llama.cpp binary has no KeepKV: load it with loadPatchedLlama()");
 
     let context: LlamaContext;
@@ -269,7 +250,7 @@ export async function createKeepKvContext(model: LlamaModel, options: KeepKvCont
             // cache is a fraction of that, and llama.cpp itself fails cleanly when memory runs out
             ignoreMemorySafetyChecks: settings.budgetCells != null ? true : contextOptions.ignoreMemorySafetyChecks,
             keepKv: toAddonParams(settings)
-        } as LlamaContextOptions);
+        });
     } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         if (message.startsWith("KeepKV: "))
@@ -290,10 +271,6 @@ function requireEnabled(context: LlamaContext): void {
         throw new KeepKvError("KEEPKV_NOT_ENABLED", "KeepKV is off on this context");
 }
 
-async function underContextLock<T>(context: LlamaContext, fn: () => T | Promise<T>): Promise<T> {
-    return await withLock([context as object, "context"], async () => await fn());
-}
-
 /**
  * Removes `what` cells of a sequence now (a number: the policy chooses them), or exactly the cells at the
  * given positions, with the context's policy. Returns how many cells left.
@@ -304,7 +281,7 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
         throw new KeepKvError("KEEPKV_INVALID_OPTION", `the number of cells to remove must be an integer >= 0, got ${what}`);
     return await underContextLock(sequence.context, async () => {
         try {
-            return await addonOf(sequence.context).keepKvCompress(sequenceIdOf(sequence),
+            return await nativeOf(sequence.context).keepKvCompress(nativeSequenceIdOf(sequence),
                 typeof what === "number" ? what : Int32Array.from(what));
         } catch (err) {
             throw new KeepKvError("KEEPKV_FAILED", err instanceof Error ? err.message : String(err));
@@ -315,13 +292,13 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
 /** The positions the policy would remove if `n` cells had to leave now, without removing them. */
 export async function selectForCompression(sequence: LlamaContextSequence, n: number): Promise<number[]> {
     requireEnabled(sequence.context);
-    return await underContextLock(sequence.context, () => Array.from(addonOf(sequence.context).keepKvSelect(sequenceIdOf(sequence), n)));
+    return await underContextLock(sequence.context, () => Array.from(nativeOf(sequence.context).keepKvSelect(nativeSequenceIdOf(sequence), n)));
 }
 
 /** The raw logits of an output of the last decoded batch (-1: the last one). For tests and tools. */
 export async function lastOutputLogits(context: LlamaContext, index = -1): Promise<Float32Array> {
     return await underContextLock(context, () => {
-        const logits = addonOf(context).getOutputLogits(index);
+        const logits = nativeOf(context).getOutputLogits(index);
         if (logits == null)
             throw new KeepKvError("KEEPKV_FAILED", `no logits for output ${index} of the last batch`);
         return logits;
@@ -332,16 +309,16 @@ export async function lastOutputLogits(context: LlamaContext, index = -1): Promi
 export async function setVote(sequence: LlamaContextSequence, pos: number, layer: number, headKv: number, vote: number): Promise<void> {
     requireEnabled(sequence.context);
     const ok = await underContextLock(sequence.context, () =>
-        addonOf(sequence.context).keepKvSetVote(sequenceIdOf(sequence), pos, layer, headKv, vote));
+        nativeOf(sequence.context).keepKvSetVote(nativeSequenceIdOf(sequence), pos, layer, headKv, vote));
     if (!ok)
-        throw new KeepKvError("KEEPKV_FAILED", `no cell at position ${pos} of sequence ${sequenceIdOf(sequence)}, or no layer ${layer} / KV head ${headKv}, or vote ${vote} <= 0`);
+        throw new KeepKvError("KEEPKV_FAILED", `no cell at position ${pos} of sequence ${nativeSequenceIdOf(sequence)}, or no layer ${layer} / KV head ${headKv}, or vote ${vote} <= 0`);
 }
 
 /** The positions of the cells a sequence holds, sorted (a merged cell: the latest token merged into it). */
 export async function cellPositions(sequence: LlamaContextSequence): Promise<number[]> {
     requireEnabled(sequence.context);
     return await underContextLock(sequence.context, () =>
-        Array.from(addonOf(sequence.context).keepKvGetCellPositions(sequenceIdOf(sequence)) ?? []));
+        Array.from(nativeOf(sequence.context).keepKvGetCellPositions(nativeSequenceIdOf(sequence)) ?? []));
 }
 
 export type KeepKvSequenceStats = {
@@ -392,18 +369,17 @@ export type KeepKvContextStats = {
     sequences: KeepKvSequenceStats[]
 };
 
-function readSequenceStats(sequence: LlamaContextSequence, slotsPerCell: number): KeepKvSequenceStats {
-    const id = sequenceIdOf(sequence);
-    const native = keepKvSettingsOf(sequence.context).policy === "off" ? null : addonOf(sequence.context).keepKvGetSequenceStats(id);
+function toSequenceStats(sequence: LlamaContextSequence, native: NativeSequenceStats | null, context: NativeContextStats | null): KeepKvSequenceStats {
+    const slotsPerCell = context?.slotsPerCell ?? 0;
     if (native == null) {
         const used = sequence.nextTokenIndex;
         return {
-            sequenceId: id, logicalTokens: used, cellsUsed: used, budget: null, capacity: sequence.context.contextSize,
+            sequenceId: nativeSequenceIdOf(sequence), logicalTokens: used, cellsUsed: used, budget: null, capacity: sequence.context.contextSize,
             kvBytesUsed: 0, cellsRemoved: 0, merges: 0, evictions: 0, compressions: 0, compressionSeconds: 0, voteMax: 1, voteMean: 1
         };
     }
     return {
-        sequenceId: id,
+        sequenceId: nativeSequenceIdOf(sequence),
         logicalTokens: native.posMax + 1,
         cellsUsed: native.cells,
         budget: native.budget > 0 ? native.budget : null,
@@ -419,40 +395,44 @@ function readSequenceStats(sequence: LlamaContextSequence, slotsPerCell: number)
     };
 }
 
-/** Per-sequence statistics, read under the context lock (host-side data only: cheap). */
-export async function keepKvSequenceStats(sequence: LlamaContextSequence): Promise<KeepKvSequenceStats> {
-    // with KeepKV off nothing native is read, so no lock: node-llama-cpp's batch dispatch holds the context
-    // lock for as long as decodes stay queued, and two sequences generating out of phase kept a third
-    // request waiting here, before its first token, until they ended (test/faults.test.ts, drains)
-    if (keepKvSettingsOf(sequence.context).policy === "off")
-        return readSequenceStats(sequence, 0);
-    return await underContextLock(sequence.context, () => {
-        const ctx = keepKvSettingsOf(sequence.context).policy === "off" ? null : addonOf(sequence.context).keepKvGetContextStats();
-        return readSequenceStats(sequence, ctx?.slotsPerCell ?? 0);
-    });
+/**
+ * The native statistics of a context and of some of its sequences, without the context lock: node-llama-cpp's
+ * batch dispatch holds that lock for as long as decodes stay queued, so a request that read its statistics
+ * under it waited, before its first token, until the sequences generating beside it had finished (25.6 s for a
+ * 3-token reply behind two 200-token ones). The native side answers between two decodes instead.
+ */
+async function readNativeStats(context: LlamaContext, sequences: readonly LlamaContextSequence[]) {
+    if (keepKvSettingsOf(context).policy === "off")
+        return { context: null, sequences: sequences.map(() => null) };
+    return await nativeOf(context).keepKvReadStats(Int32Array.from(sequences, nativeSequenceIdOf));
 }
 
-/** Context-wide statistics, with the given sequences'. */
+/** Per-sequence statistics (host-side data only: cheap), read between two decodes of its context. */
+export async function keepKvSequenceStats(sequence: LlamaContextSequence): Promise<KeepKvSequenceStats> {
+    const native = await readNativeStats(sequence.context, [sequence]);
+    return toSequenceStats(sequence, native.sequences[0] ?? null, native.context);
+}
+
+/** Context-wide statistics, with the given sequences', read between two decodes of the context. */
 export async function keepKvContextStats(context: LlamaContext, sequences: readonly LlamaContextSequence[]): Promise<KeepKvContextStats> {
     const settings = keepKvSettingsOf(context);
-    return await underContextLock(context, () => {
-        const native = settings.policy === "off" ? null : addonOf(context).keepKvGetContextStats();
-        const perSequence = sequences.filter((s) => !s.disposed).map((s) => readSequenceStats(s, native?.slotsPerCell ?? 0));
-        const sum = (f: (s: KeepKvSequenceStats) => number) => perSequence.reduce((a, s) => a + f(s), 0);
-        const bytesPerCell = native?.kvBytesPerCell ?? 0;
-        return {
-            policy: settings.policy,
-            capacityCells: native != null ? native.streams * native.cellsPerStream : context.contextSize * context.totalSequences,
-            kvBytesAllocated: native?.kvBytes ?? 0,
-            kvBytesUsed: sum((s) => s.kvBytesUsed),
-            kvBytesFull: bytesPerCell * context.contextSize * context.totalSequences,
-            keepKvBytes: native?.keepKvBytes ?? 0,
-            cellsRemoved: sum((s) => s.cellsRemoved),
-            merges: sum((s) => s.merges),
-            evictions: sum((s) => s.evictions),
-            compressions: sum((s) => s.compressions),
-            compressionSeconds: sum((s) => s.compressionSeconds),
-            sequences: perSequence
-        };
-    });
+    const live = sequences.filter((s) => !s.disposed);
+    const native = await readNativeStats(context, live);
+    const perSequence = live.map((s, i) => toSequenceStats(s, native.sequences[i] ?? null, native.context));
+    const sum = (f: (s: KeepKvSequenceStats) => number) => perSequence.reduce((a, s) => a + f(s), 0);
+    const ctx = native.context;
+    return {
+        policy: settings.policy,
+        capacityCells: ctx != null ? ctx.streams * ctx.cellsPerStream : context.contextSize * context.totalSequences,
+        kvBytesAllocated: ctx?.kvBytes ?? 0,
+        kvBytesUsed: sum((s) => s.kvBytesUsed),
+        kvBytesFull: (ctx?.kvBytesPerCell ?? 0) * context.contextSize * context.totalSequences,
+        keepKvBytes: ctx?.keepKvBytes ?? 0,
+        cellsRemoved: sum((s) => s.cellsRemoved),
+        merges: sum((s) => s.merges),
+        evictions: sum((s) => s.evictions),
+        compressions: sum((s) => s.compressions),
+        compressionSeconds: sum((s) => s.compressionSeconds),
+        sequences: perSequence
+    };
 }

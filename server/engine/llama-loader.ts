@@ -6,6 +6,7 @@ import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
 import { buildInputsOf } from "../../scripts/build-llama.js";
 import { BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
 import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../scripts/lib/paths.js";
+import { keepKvVersionOf } from "./native-context.js";
 
 export type LlamaBuildErrorCode =
     "BUILD_MISSING" | "BUILD_STALE" | "BUILD_MODIFIED" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";
@@ -21,13 +22,8 @@ export class LlamaBuildError extends Error {
 
 const howToBuild = "Build it with `npm run build:llama` (or run ./scripts/setup.sh).";
 
-type Bindings = { keepKvVersion?: () => string };
-
-/** The KeepKV version string of a loaded binary, or null for a binary without the patches. */
-export function keepKvVersionOf(llama: Llama): string | null {
-    const bindings = (llama as unknown as { _bindings: Bindings })._bindings;
-    return typeof bindings.keepKvVersion === "function" ? bindings.keepKvVersion() : null;
-}
+// the native binding is reached in native-context.ts; re-exported for the loader's callers
+export { keepKvVersionOf };
 
 let devBuildWarned = false;
 

@@ -1,0 +1,106 @@
+// The one place that reaches node-llama-cpp's native objects: a context's addon object, a sequence's id and the
+// binding module. Their types come from the .d.ts files that the node-llama-cpp patches extend
+// (patches/node-llama-cpp), so the engine, the benchmarks and the tests call the native methods typed, without
+// copies of their signatures.
+import { withLock } from "lifecycle-utils";
+import type { Llama, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp";
+
+export type NativeContext = LlamaContext["_ctx"];
+
+type KeepKvMethodName =
+    "keepKvCompress" | "keepKvSelect" | "keepKvReadStats" | "keepKvSetVote" | "keepKvGetCellPositions" |
+    "getOutputLogits" | "copySequenceCells";
+
+/** The native methods the KeepKV patches add; a vanilla binary has none of them. */
+export type NativeKeepKv = Required<Pick<NativeContext, KeepKvMethodName>>;
+
+export type NativeKeepKvStats = Awaited<ReturnType<NativeKeepKv["keepKvReadStats"]>>;
+export type NativeSequenceStats = NonNullable<NativeKeepKvStats["sequences"][number]>;
+export type NativeContextStats = NonNullable<NativeKeepKvStats["context"]>;
+
+export function nativeContextOf(context: LlamaContext): NativeContext {
+    return context._ctx;
+}
+
+export function nativeSequenceIdOf(sequence: LlamaContextSequence): number {
+    return sequence._sequenceId;
+}
+
+/** The KeepKV version string of a loaded binary, or null for a binary without the patches. */
+export function keepKvVersionOf(llama: Llama): string | null {
+    const bindings = llama._bindings;
+    return typeof bindings.keepKvVersion === "function" ? bindings.keepKvVersion() : null;
+}
+
+/** The KeepKV methods of a context's addon object, or null when its binary has no KeepKV. */
+export function nativeKeepKvOf(context: LlamaContext): NativeKeepKv | null {
+    const native = nativeContextOf(context);
+    const { keepKvCompress, keepKvSelect, keepKvReadStats, keepKvSetVote, keepKvGetCellPositions, getOutputLogits, copySequenceCells } = native;
+    if (keepKvCompress == null || keepKvSelect == null || keepKvReadStats == null || keepKvSetVote == null ||
+        keepKvGetCellPositions == null || getOutputLogits == null || copySequenceCells == null)
+        return null;
+    return {
+        keepKvCompress: keepKvCompress.bind(native),
+        keepKvSelect: keepKvSelect.bind(native),
+        keepKvReadStats: keepKvReadStats.bind(native),
+        keepKvSetVote: keepKvSetVote.bind(native),
+        keepKvGetCellPositions: keepKvGetCellPositions.bind(native),
+        getOutputLogits: getOutputLogits.bind(native),
+        copySequenceCells: copySequenceCells.bind(native)
+    };
+}
+
+/** Runs `fn` under node-llama-cpp's own context lock, which its batch dispatch holds while it decodes. */
+export async function underContextLock<T>(context: LlamaContext, fn: () => T | Promise<T>): Promise<T> {
+    return await withLock([context as object, "context"], async () => await fn());
+}
+
+function requireKeepKv(context: LlamaContext): NativeKeepKv {
+    const native = nativeKeepKvOf(context);
+    if (native == null)
+        throw new Error("this llama.cpp binary has no KeepKV methods (a vanilla build)");
+    return native;
+}
+
+/**
+ * One decode, outside node-llama-cpp's sequences (benchmarks and tests): each item puts `tokens` into sequence
+ * `seq` from position `pos` and asks for the logits at `outputs` (indexes into its tokens; default its last).
+ * Returns the logits of each item's outputs, in order (none with `readLogits` false: what a vanilla binary can
+ * do). Runs under the context lock.
+ */
+export async function decodeRaw(
+    context: LlamaContext, items: readonly { seq: number, pos: number, tokens: readonly Token[], outputs?: readonly number[] }[],
+    readLogits = true
+): Promise<Float32Array[][]> {
+    return await underContextLock(context, async () => {
+        const native = nativeContextOf(context);
+        const keepKv = readLogits ? requireKeepKv(context) : null;
+        native.initBatch(items.reduce((n, x) => n + x.tokens.length, 0));
+        let offset = 0;
+        const batchIndexes: number[][] = [];
+        for (const { seq, pos, tokens, outputs = [tokens.length - 1] } of items) {
+            native.addToBatch(seq, pos, Uint32Array.from(tokens), Uint32Array.from(outputs));
+            batchIndexes.push(outputs.map((i) => offset + i));
+            offset += tokens.length;
+        }
+        await native.decodeBatch();
+        if (keepKv == null)
+            return [];
+        return batchIndexes.map((indexes) => indexes.map((i) => {
+            const logits = keepKv.getOutputLogits(i);
+            if (logits == null)
+                throw new Error(`no logits for output ${i} of the batch`);
+            return logits;
+        }));
+    });
+}
+
+/** Removes the cells of sequence `seq` in [p0, p1) (llama_memory_seq_rm), under the context lock. */
+export async function removeCellsRaw(context: LlamaContext, seq: number, p0: number, p1: number): Promise<void> {
+    await underContextLock(context, () => nativeContextOf(context).removeTokenCellsFromSequence(seq, p0, p1));
+}
+
+/** The destination sequence also owns the source's cells in [p0, p1) (llama_memory_seq_cp), under the context lock. */
+export async function copyCellsRaw(context: LlamaContext, src: number, dst: number, p0 = -1, p1 = -1): Promise<void> {
+    await underContextLock(context, () => requireKeepKv(context).copySequenceCells(src, dst, p0, p1));
+}
