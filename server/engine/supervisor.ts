@@ -6,40 +6,13 @@ import * as fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.js";
 import { inspectModelFile } from "../models/gguf-inspect.js";
+import type { EngineExit, EngineListener, EnginePort, EngineState } from "../scheduler/engine-port.js";
 import {
     monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type ToEngine
 } from "./ipc.js";
 import type { StateStoreOptions } from "./sequence-state-store.js";
 
 const engineEntry = fileURLToPath(new URL("./engine-process.js", import.meta.url));
-
-export type EngineState = "starting" | "ready" | "restarting" | "stopping" | "stopped";
-
-export type EngineExit = {
-    code: number | null,
-    signal: string | null,
-    /** crashed, stalled (killed by the watchdog), or init_failed */
-    reason: string,
-    at: string,
-    /** the last lines the engine wrote to stderr (a native assert lands here) */
-    stderrTail: string[]
-};
-
-export interface EngineListener {
-    /** a message about a job (started, tokens, done) */
-    onJobMessage(message: Extract<FromEngine, { job: number }>, receivedAt: number): void;
-    /** the engine serves (first start, after a restart, or after a model switch) */
-    onReady(info: EngineModelInfo, stats: EngineStatsSnapshot): void;
-    /** the engine died or was killed; every job it held is lost */
-    onLost(exit: EngineExit): void;
-    onStats(stats: EngineStatsSnapshot): void;
-    /** whether jobs are running (the watchdog only expects messages then) */
-    busy(): boolean;
-    /** a restart attempt failed (the model file went missing or bad, or the engine died loading it); another follows */
-    onRestartFailed?(message: string): void;
-    /** a conversation state was saved, restored, missed, refused or removed */
-    onStateEvent?(event: Extract<FromEngine, { t: "state" }>): void;
-}
 
 /** The serving model's file compared with what the engine loaded: a file replaced or deleted on disk
  *  keeps serving from memory until the next engine start, which needs the file again. */
@@ -76,7 +49,7 @@ export type SupervisorOptions = {
 
 type Pending = { resolve: (m: FromEngine) => void, reject: (e: Error) => void, timer: NodeJS.Timeout };
 
-export class EngineSupervisor {
+export class EngineSupervisor implements EnginePort {
     private child: ChildProcess | null = null;
     private stateValue: EngineState = "stopped";
     private settings: EngineModelSettings | null = null;

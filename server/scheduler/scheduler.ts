@@ -9,8 +9,8 @@ import type { KeepKvSequenceStats } from "../engine/keepkv.js";
 import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
 } from "../engine/ipc.js";
-import type { EngineExit, EngineListener, EngineSupervisor } from "../engine/supervisor.js";
 import { conversationKey } from "./conversation-key.js";
+import type { EngineExit, EngineListener, EnginePort } from "./engine-port.js";
 import { SlotPool } from "./slot-pool.js";
 
 export type RequestSpec = {
@@ -103,7 +103,7 @@ function wireKv(policy: string, kv: KeepKvSequenceStats | null, slot: number): W
 const round = (ms: number) => Math.max(0, Math.round(ms * 1000) / 1000);
 
 export class Scheduler implements EngineListener {
-    private engine!: EngineSupervisor;
+    private engine: EnginePort | null = null;
     private readonly queue: ScheduledRequest[] = [];
     private readonly running = new Map<number, ScheduledRequest>();
     private readonly slots: SlotPool;
@@ -129,7 +129,7 @@ export class Scheduler implements EngineListener {
         this.idleTimer.unref();
     }
 
-    attach(engine: EngineSupervisor): void {
+    attach(engine: EnginePort): void {
         this.engine = engine;
     }
 
@@ -189,7 +189,7 @@ export class Scheduler implements EngineListener {
             this.finish(request, reason, null, null);
             return;
         }
-        this.engine.send({ t: "cancel", job: request.id });
+        this.engine?.send({ t: "cancel", job: request.id });
     }
 
     // ---- engine events
@@ -369,7 +369,7 @@ export class Scheduler implements EngineListener {
             request.startedAt = monoMs();
             this.running.set(request.id, request);
             const maxTokens = this.resolveMaxTokens(request.spec.maxTokens);
-            const sent = this.engine.send({
+            const sent = this.engine!.send({
                 t: "generate",
                 job: {
                     job: request.id,
