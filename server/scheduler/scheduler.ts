@@ -167,10 +167,15 @@ export class Scheduler implements EngineListener {
         if (spec.conversationId != null && (this.slots.conversationRunning(spec.principal, spec.conversationId)
             || this.queue.some((r) => r.spec.principal === spec.principal && r.spec.conversationId === spec.conversationId)))
             throw new ApiError("conversation_busy", `conversation "${spec.conversationId}" already has a request in flight; send the next turn after its final message`);
-        const canRunNow = this.canDispatch() && this.queue.length === 0 && this.slots.available > 0;
-        if (!canRunNow && this.queue.length >= this.limits.maxQueue)
-            throw new ApiError("queue_full", `all ${this.slots.size} sequences are busy and ${this.queue.length} requests are waiting (max-queue ${this.limits.maxQueue}); retry later`);
-        const request = new ScheduledRequest(this.nextId++, spec, sink, monoMs(), this.modelInfo?.name ?? "", canRunNow ? 0 : this.queue.length + 1);
+        // requests submitted earlier in this tick are still in the queue, to be dispatched with this one:
+        // those the free sequences will take do not wait (a WebSocket client's pipelined messages arrive
+        // in one chunk, and ws emits them in one tick)
+        const dispatchable = this.canDispatch();
+        const waiting = dispatchable ? Math.max(0, this.queue.length - this.slots.available) : this.queue.length;
+        const canRunNow = dispatchable && this.queue.length < this.slots.available;
+        if (!canRunNow && waiting >= this.limits.maxQueue)
+            throw new ApiError("queue_full", `all ${this.slots.size} sequences are busy and ${waiting} requests are waiting (max-queue ${this.limits.maxQueue}); retry later`);
+        const request = new ScheduledRequest(this.nextId++, spec, sink, monoMs(), this.modelInfo?.name ?? "", canRunNow ? 0 : waiting + 1);
         this.queue.push(request);
         request.queueTimer = setTimeout(() => this.queueTimedOut(request), this.limits.queueTimeoutMs);
         request.queueTimer.unref();
