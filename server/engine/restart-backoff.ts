@@ -1,6 +1,7 @@
 // How long the supervisor waits before it starts the engine again: doubling with every restart up to a
 // ceiling, and back to the first delay once an engine has served for a while (a crash after a minute of
-// good service is not part of a crash loop). No timers and no clock: the supervisor says what happened.
+// good service is not part of a crash loop). A failed restart attempt never resets it: the engine that
+// served long ago is not the one failing now. No timers and no clock: the supervisor says what happened.
 
 export type BackoffPolicy = {
     initialMs: number,
@@ -16,13 +17,19 @@ export class RestartBackoff {
         this.nextMs = policy.initialMs;
     }
 
-    /**
-     * The delay before the next start. `now` and `readyAt` (when the engine last became ready; 0: never)
-     * are on one monotonic clock.
-     */
-    delay(now: number, readyAt: number): number {
-        if (readyAt > 0 && now - readyAt > this.policy.stableAfterMs)
+    /** The delay before restarting an engine that was lost after serving for `servedMs`. */
+    afterLoss(servedMs: number): number {
+        if (servedMs > this.policy.stableAfterMs)
             this.nextMs = this.policy.initialMs;
+        return this.take();
+    }
+
+    /** The delay before the next attempt after a restart attempt failed (the engine never served). */
+    afterFailedStart(): number {
+        return this.take();
+    }
+
+    private take(): number {
         const delay = this.nextMs;
         this.nextMs = Math.min(this.nextMs * 2, this.policy.maxMs);
         return delay;

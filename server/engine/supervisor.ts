@@ -364,11 +364,10 @@ export class EngineSupervisor implements EnginePort {
         this.stateValue = "restarting";
         this.infoValue = null;
         this.listener.onLost(exit);
-        this.scheduleRestart(monoMs());
+        this.scheduleRestart(this.backoff.afterLoss(monoMs() - this.readyAt));
     }
 
-    private scheduleRestart(now: number): void {
-        const delay = this.backoff.delay(now, this.readyAt);
+    private scheduleRestart(delay: number): void {
         this.restartsValue++;
         this.log.info("engine restarting", { in_ms: delay, restarts: this.restartsValue });
         this.restartTimer = setTimeout(() => {
@@ -383,7 +382,7 @@ export class EngineSupervisor implements EnginePort {
                     this.stateValue = "restarting";
                     this.lastStartErrorValue = { message, at: new Date().toISOString() };
                     this.listener.onRestartFailed?.(message);
-                    this.scheduleRestart(monoMs());
+                    this.scheduleRestart(this.backoff.afterFailedStart());
                 }
             });
         }, delay);
