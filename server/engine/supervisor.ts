@@ -6,7 +6,8 @@ import * as fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.js";
 import { inspectModelFile } from "../models/gguf-inspect.js";
-import type { EngineExit, EngineListener, EnginePort, EngineState } from "../scheduler/engine-port.js";
+import type { EngineState, ModelFileState } from "../protocol/http-messages.js";
+import type { EngineExit, EngineListener, EnginePort } from "../scheduler/engine-port.js";
 import { LineSplitter, StderrLog, withStderrReason } from "./engine-stderr.js";
 import {
     monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type ToEngine
@@ -15,10 +16,6 @@ import { RestartBackoff } from "./restart-backoff.js";
 import type { StateStoreOptions } from "./sequence-state-store.js";
 
 const engineEntry = fileURLToPath(new URL("./engine-process.js", import.meta.url));
-
-/** The serving model's file compared with what the engine loaded: a file replaced or deleted on disk
- *  keeps serving from memory until the next engine start, which needs the file again. */
-export type ModelFileState = "ok" | "missing" | "changed";
 
 type FileIdentity = { dev: number, ino: number, size: number, mtimeMs: number };
 

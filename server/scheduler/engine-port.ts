@@ -3,8 +3,9 @@
 // supervisor implements the port with a child process; the unit tests implement it with a fake, so the
 // scheduler's queue and slot logic runs without a model.
 import type { EngineModelInfo, EngineStatsSnapshot, FromEngine, ToEngine } from "../engine/ipc.js";
+import type { EngineState } from "../protocol/http-messages.js";
 
-export type EngineState = "starting" | "ready" | "restarting" | "stopping" | "stopped";
+export type { EngineState };
 
 export type EngineExit = {
     code: number | null,

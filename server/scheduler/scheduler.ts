@@ -4,8 +4,8 @@
 import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { ApiError, type WireError } from "../protocol/errors.js";
+import { wireFinalKv } from "../protocol/kv-wire.js";
 import type { ChatMessage, FinishReason, Timings, Usage, WireKvStats } from "../protocol/ws-messages.js";
-import type { KeepKvSequenceStats } from "../engine/keepkv.js";
 import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
 } from "../engine/ipc.js";
@@ -79,26 +79,6 @@ export type SchedulerStatus = {
     sequences: number,
     available: number
 };
-
-function wireKv(policy: string, kv: KeepKvSequenceStats | null, slot: number): WireKvStats | null {
-    if (kv == null)
-        return null;
-    return {
-        sequence: slot,
-        policy,
-        logical_tokens: kv.logicalTokens,
-        cells_used: kv.cellsUsed,
-        budget: kv.budget,
-        capacity: kv.capacity,
-        kv_bytes_used: kv.kvBytesUsed,
-        merges: kv.merges,
-        evictions: kv.evictions,
-        compressions: kv.compressions,
-        compression_seconds: kv.compressionSeconds,
-        vote_max: kv.voteMax,
-        vote_mean: kv.voteMean
-    };
-}
 
 const round = (ms: number) => Math.max(0, Math.round(ms * 1000) / 1000);
 
@@ -235,7 +215,7 @@ export class Scheduler implements EngineListener {
                 request.promptMs = message.promptMs;
                 this.metrics.promptEvaluated(request.model, message.promptEvaluated);
                 const reason: FinishReason = message.finishReason === "cancel" ? (request.cancelReason ?? "cancel") : message.finishReason;
-                const kv = wireKv(this.modelInfo?.policy ?? "off", message.kv, request.slot);
+                const kv = wireFinalKv(this.modelInfo?.policy ?? "off", message.kv, request.slot);
                 this.finish(request, reason, message.error ?? null, kv);
                 return;
             }
