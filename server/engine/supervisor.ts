@@ -6,44 +6,16 @@ import * as fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.js";
 import { inspectModelFile } from "../models/gguf-inspect.js";
+import type { EngineState, ModelFileState } from "../protocol/http-messages.js";
+import type { EngineExit, EngineListener, EnginePort } from "../scheduler/engine-port.js";
+import { LineSplitter, StderrLog, withStderrReason } from "./engine-stderr.js";
 import {
     monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type ToEngine
 } from "./ipc.js";
+import { RestartBackoff } from "./restart-backoff.js";
 import type { StateStoreOptions } from "./sequence-state-store.js";
 
 const engineEntry = fileURLToPath(new URL("./engine-process.js", import.meta.url));
-
-export type EngineState = "starting" | "ready" | "restarting" | "stopping" | "stopped";
-
-export type EngineExit = {
-    code: number | null,
-    signal: string | null,
-    /** crashed, stalled (killed by the watchdog), or init_failed */
-    reason: string,
-    at: string,
-    /** the last lines the engine wrote to stderr (a native assert lands here) */
-    stderrTail: string[]
-};
-
-export interface EngineListener {
-    /** a message about a job (started, tokens, done) */
-    onJobMessage(message: Extract<FromEngine, { job: number }>, receivedAt: number): void;
-    /** the engine serves (first start, after a restart, or after a model switch) */
-    onReady(info: EngineModelInfo, stats: EngineStatsSnapshot): void;
-    /** the engine died or was killed; every job it held is lost */
-    onLost(exit: EngineExit): void;
-    onStats(stats: EngineStatsSnapshot): void;
-    /** whether jobs are running (the watchdog only expects messages then) */
-    busy(): boolean;
-    /** a restart attempt failed (the model file went missing or bad, or the engine died loading it); another follows */
-    onRestartFailed?(message: string): void;
-    /** a conversation state was saved, restored, missed, refused or removed */
-    onStateEvent?(event: Extract<FromEngine, { t: "state" }>): void;
-}
-
-/** The serving model's file compared with what the engine loaded: a file replaced or deleted on disk
- *  keeps serving from memory until the next engine start, which needs the file again. */
-export type ModelFileState = "ok" | "missing" | "changed";
 
 type FileIdentity = { dev: number, ino: number, size: number, mtimeMs: number };
 
@@ -76,14 +48,17 @@ export type SupervisorOptions = {
 
 type Pending = { resolve: (m: FromEngine) => void, reject: (e: Error) => void, timer: NodeJS.Timeout };
 
-export class EngineSupervisor {
+/** One spawn's start, settled by the first of: ready, init_failed, exit. */
+type StartAttempt = { settled: boolean, resolve: (info: EngineModelInfo) => void, reject: (err: Error) => void };
+
+export class EngineSupervisor implements EnginePort {
     private child: ChildProcess | null = null;
     private stateValue: EngineState = "stopped";
     private settings: EngineModelSettings | null = null;
     private infoValue: EngineModelInfo | null = null;
     private restartsValue = 0;
     private lastExitValue: EngineExit | null = null;
-    private backoffMs: number;
+    private readonly backoff: RestartBackoff;
     private readyAt = 0;
     private lastJobActivityAt = 0;
     private lastHeartbeatAt = 0;
@@ -92,8 +67,7 @@ export class EngineSupervisor {
     private restartTimer: NodeJS.Timeout | null = null;
     private nonce = 0;
     private readonly pending = new Map<number, Pending>();
-    private stderrTail: string[] = [];
-    private stderrSinceMark: string[] = [];
+    private readonly stderr = new StderrLog();
     private killReason: string | null = null;
     private lastStartErrorValue: { message: string, at: string } | null = null;
     private reportedFileState: ModelFileState | null = "ok";
@@ -103,7 +77,9 @@ export class EngineSupervisor {
 
     constructor(private readonly listener: EngineListener, private readonly log: Logger, opts: SupervisorOptions) {
         this.opts = { backoffInitialMs: 500, backoffMaxMs: 30_000, stableAfterMs: 60_000, state: null, ...opts };
-        this.backoffMs = this.opts.backoffInitialMs;
+        this.backoff = new RestartBackoff({
+            initialMs: this.opts.backoffInitialMs, maxMs: this.opts.backoffMaxMs, stableAfterMs: this.opts.stableAfterMs
+        });
     }
 
     get state(): EngineState { return this.stateValue; }
@@ -166,15 +142,13 @@ export class EngineSupervisor {
 
     /** Loads a second model beside the serving one. The serving model is untouched whatever happens. */
     async stageModel(settings: EngineModelSettings, timeoutMs: number): Promise<EngineModelInfo> {
-        this.stderrSinceMark = [];
+        this.stderr.mark();
         const reply = await this.request({ t: "load_model", nonce: ++this.nonce, settings }, timeoutMs);
         if (reply.t === "model_loaded")
             return reply.info;
-        if (reply.t === "model_load_failed") {
+        if (reply.t === "model_load_failed")
             // llama.cpp says why on stderr ("K cache type q8_0 ... does not divide n_embd_head_k=8")
-            const why = [...new Set(this.stderrSinceMark.map((l) => l.replace(/^\[node-llama-cpp\]\s*/, "")))].slice(-2);
-            throw new EngineStartError("MODEL_LOAD_FAILED", why.length > 0 ? `${reply.message} (${why.join("; ")})` : reply.message);
-        }
+            throw new EngineStartError("MODEL_LOAD_FAILED", withStderrReason(reply.message, this.stderr.sinceMark));
         throw new Error(`unexpected engine reply ${reply.t}`);
     }
 
@@ -242,13 +216,15 @@ export class EngineSupervisor {
         });
     }
 
+    /** Forks an engine for the current settings; resolves when it serves, rejects when its start fails. */
     private spawn(): Promise<EngineModelInfo> {
         const settings = this.settings!;
         // what the engine is about to map: a later change on disk shows in modelFileState()
         this.loadedFile = fileIdentity(settings.modelPath);
         this.reportedFileState = "ok";
         return new Promise((resolve, reject) => {
-            this.stderrTail = [];
+            const start: StartAttempt = { settled: false, resolve, reject };
+            this.stderr.clearTail();
             this.killReason = null;
             const child = fork(engineEntry, [], {
                 execArgv: [],
@@ -256,122 +232,11 @@ export class EngineSupervisor {
                 serialization: "json"
             });
             this.child = child;
-            let settled = false;
-            let lineBuffer = "";
-            child.stderr!.setEncoding("utf8");
-            child.stderr!.on("data", (chunk: string) => {
-                lineBuffer += chunk;
-                const lines = lineBuffer.split("\n");
-                lineBuffer = lines.pop()!;
-                for (const line of lines) {
-                    if (line.trim() === "")
-                        continue;
-                    this.stderrTail.push(line);
-                    if (this.stderrTail.length > 20)
-                        this.stderrTail.shift();
-                    if (this.stderrSinceMark.length < 50)
-                        this.stderrSinceMark.push(line);
-                    this.log.warn("engine stderr", { pid: child.pid, line });
-                }
-            });
-            child.on("message", (message: FromEngine) => {
-                const now = monoMs();
-                switch (message.t) {
-                    case "ready":
-                        this.stateValue = "ready";
-                        this.infoValue = message.info;
-                        this.lastStartErrorValue = null;
-                        this.readyAt = now;
-                        this.lastHeartbeatAt = now;
-                        this.lastRss = message.stats.rssBytes;
-                        this.log.info("engine ready", {
-                            pid: child.pid, model: message.info.name, context: message.info.contextSize,
-                            sequences: message.info.sequences, chat_format: message.info.chatFormat, keepkv: message.info.keepKvVersion
-                        });
-                        this.listener.onReady(message.info, message.stats);
-                        if (!settled) {
-                            settled = true;
-                            resolve(message.info);
-                        }
-                        return;
-                    case "init_failed": {
-                        if (settled)
-                            return;
-                        settled = true;
-                        // llama.cpp says why on stderr ("failed to allocate buffer for kv cache"), on another
-                        // pipe than this message: give its lines a moment to arrive
-                        setTimeout(() => {
-                            const why = [...new Set(this.stderrTail.map((l) => l.replace(/^\[node-llama-cpp\]\s*/, "")))].slice(-2);
-                            const text = why.length > 0 ? `${message.message} (${why.join("; ")})` : message.message;
-                            this.log.error("engine could not load the model", { code: message.code, error: text });
-                            reject(new EngineStartError(message.code, text));
-                        }, 100);
-                        return;
-                    }
-                    case "state":
-                        this.listener.onStateEvent?.(message);
-                        return;
-                    case "heartbeat":
-                        this.lastHeartbeatAt = now;
-                        this.lastRss = message.rssBytes;
-                        return;
-                    case "stats":
-                    case "model_loaded":
-                    case "model_load_failed":
-                    case "model_activated":
-                    case "model_discarded": {
-                        if (message.t === "stats" || message.t === "model_activated") {
-                            this.lastRss = message.stats.rssBytes;
-                            this.listener.onStats(message.stats);
-                        }
-                        const waiter = this.pending.get(message.nonce);
-                        if (waiter != null) {
-                            this.pending.delete(message.nonce);
-                            clearTimeout(waiter.timer);
-                            waiter.resolve(message);
-                        }
-                        return;
-                    }
-                    default:
-                        this.lastJobActivityAt = now;
-                        this.listener.onJobMessage(message, now);
-                }
-            });
+            this.collectStderr(child);
+            child.on("message", (message: FromEngine) => this.onEngineMessage(child, message, start));
             // (a failed IPC write lands here when no callback took it; never let it escape)
             child.on("error", (err) => this.log.warn("engine process error", { pid: child.pid, error: err.message }));
-            child.on("exit", (code, signal) => {
-                if (this.child === child)
-                    this.child = null;
-                for (const [nonce, waiter] of this.pending) {
-                    clearTimeout(waiter.timer);
-                    waiter.reject(new Error("the engine exited"));
-                    this.pending.delete(nonce);
-                }
-                const wasReady = this.stateValue === "ready";
-                const exit: EngineExit = {
-                    code, signal,
-                    reason: this.killReason ?? (settled && wasReady ? "crashed" : "init_failed"),
-                    at: new Date().toISOString(),
-                    stderrTail: this.stderrTail.slice()
-                };
-                if (!settled) {
-                    settled = true;
-                    reject(new EngineStartError("ENGINE_EXITED",
-                        `the engine exited while loading the model (code ${code}, signal ${signal})${this.stderrTail.length > 0 ? ": " + this.stderrTail.slice(-3).join(" | ") : ""}`));
-                }
-                if (this.stateValue === "stopping" || this.stateValue === "stopped")
-                    return;
-                this.lastExitValue = exit;
-                // an engine that never became ready failed its start: the rejection above is handled by
-                // start() (first start: the server does not come up) or by the restart loop
-                if (!wasReady)
-                    return;
-                this.log.error("engine lost", { pid: child.pid, code, signal, reason: exit.reason });
-                this.stateValue = "restarting";
-                this.infoValue = null;
-                this.listener.onLost(exit);
-                this.scheduleRestart(monoMs());
-            });
+            child.on("exit", (code, signal) => this.onEngineExit(child, code, signal, start));
             child.send({ t: "init", settings, state: this.opts.state } satisfies ToEngine, (err) => {
                 if (err != null)
                     this.log.warn("could not send the engine its settings", { pid: child.pid, error: err.message });
@@ -379,11 +244,127 @@ export class EngineSupervisor {
         });
     }
 
-    private scheduleRestart(now: number): void {
-        if (this.readyAt > 0 && now - this.readyAt > this.opts.stableAfterMs)
-            this.backoffMs = this.opts.backoffInitialMs;
-        const delay = this.backoffMs;
-        this.backoffMs = Math.min(this.backoffMs * 2, this.opts.backoffMaxMs);
+    private collectStderr(child: ChildProcess): void {
+        const lines = new LineSplitter();
+        child.stderr!.setEncoding("utf8");
+        child.stderr!.on("data", (chunk: string) => {
+            for (const line of lines.push(chunk)) {
+                this.stderr.add(line);
+                this.log.warn("engine stderr", { pid: child.pid, line });
+            }
+        });
+    }
+
+    private onEngineMessage(child: ChildProcess, message: FromEngine, start: StartAttempt): void {
+        const now = monoMs();
+        switch (message.t) {
+            case "ready":
+                this.onEngineReady(child, message, now, start);
+                return;
+            case "init_failed":
+                this.onInitFailed(message, start);
+                return;
+            case "state":
+                this.listener.onStateEvent?.(message);
+                return;
+            case "heartbeat":
+                this.lastHeartbeatAt = now;
+                this.lastRss = message.rssBytes;
+                return;
+            case "stats":
+            case "model_loaded":
+            case "model_load_failed":
+            case "model_activated":
+            case "model_discarded":
+                if (message.t === "stats" || message.t === "model_activated") {
+                    this.lastRss = message.stats.rssBytes;
+                    this.listener.onStats(message.stats);
+                }
+                this.answerPending(message);
+                return;
+            default:
+                this.lastJobActivityAt = now;
+                this.listener.onJobMessage(message, now);
+        }
+    }
+
+    private onEngineReady(child: ChildProcess, message: Extract<FromEngine, { t: "ready" }>, now: number, start: StartAttempt): void {
+        this.stateValue = "ready";
+        this.infoValue = message.info;
+        this.lastStartErrorValue = null;
+        this.readyAt = now;
+        this.lastHeartbeatAt = now;
+        this.lastRss = message.stats.rssBytes;
+        this.log.info("engine ready", {
+            pid: child.pid, model: message.info.name, context: message.info.contextSize,
+            sequences: message.info.sequences, chat_format: message.info.chatFormat, keepkv: message.info.keepKvVersion
+        });
+        this.listener.onReady(message.info, message.stats);
+        if (!start.settled) {
+            start.settled = true;
+            start.resolve(message.info);
+        }
+    }
+
+    private onInitFailed(message: Extract<FromEngine, { t: "init_failed" }>, start: StartAttempt): void {
+        if (start.settled)
+            return;
+        start.settled = true;
+        // llama.cpp says why on stderr ("failed to allocate buffer for kv cache"), on another pipe than
+        // this message: give its lines a moment to arrive
+        setTimeout(() => {
+            const text = withStderrReason(message.message, this.stderr.tail);
+            this.log.error("engine could not load the model", { code: message.code, error: text });
+            start.reject(new EngineStartError(message.code, text));
+        }, 100);
+    }
+
+    /** A reply to request(): hands it to its waiter. */
+    private answerPending(message: Extract<FromEngine, { nonce: number }>): void {
+        const waiter = this.pending.get(message.nonce);
+        if (waiter == null)
+            return;
+        this.pending.delete(message.nonce);
+        clearTimeout(waiter.timer);
+        waiter.resolve(message);
+    }
+
+    private onEngineExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null, start: StartAttempt): void {
+        if (this.child === child)
+            this.child = null;
+        for (const [nonce, waiter] of this.pending) {
+            clearTimeout(waiter.timer);
+            waiter.reject(new Error("the engine exited"));
+            this.pending.delete(nonce);
+        }
+        const wasReady = this.stateValue === "ready";
+        const tail = this.stderr.tail.slice();
+        const exit: EngineExit = {
+            code, signal,
+            reason: this.killReason ?? (start.settled && wasReady ? "crashed" : "init_failed"),
+            at: new Date().toISOString(),
+            stderrTail: tail
+        };
+        if (!start.settled) {
+            start.settled = true;
+            start.reject(new EngineStartError("ENGINE_EXITED",
+                `the engine exited while loading the model (code ${code}, signal ${signal})${tail.length > 0 ? ": " + tail.slice(-3).join(" | ") : ""}`));
+        }
+        if (this.stateValue === "stopping" || this.stateValue === "stopped")
+            return;
+        this.lastExitValue = exit;
+        // an engine that never became ready failed its start: the rejection above is handled by start()
+        // (first start: the server does not come up) or by the restart loop
+        if (!wasReady)
+            return;
+        this.log.error("engine lost", { pid: child.pid, code, signal, reason: exit.reason });
+        this.stateValue = "restarting";
+        this.infoValue = null;
+        this.listener.onLost(exit);
+        this.scheduleRestart(this.backoff.afterLoss(monoMs() - this.readyAt));
+    }
+
+    private scheduleRestart(delay: number): void {
         this.restartsValue++;
         this.log.info("engine restarting", { in_ms: delay, restarts: this.restartsValue });
         this.restartTimer = setTimeout(() => {
@@ -398,7 +379,7 @@ export class EngineSupervisor {
                     this.stateValue = "restarting";
                     this.lastStartErrorValue = { message, at: new Date().toISOString() };
                     this.listener.onRestartFailed?.(message);
-                    this.scheduleRestart(monoMs());
+                    this.scheduleRestart(this.backoff.afterFailedStart());
                 }
             });
         }, delay);

@@ -8,6 +8,11 @@ import type { ServerMetrics } from "../metrics/metrics.js";
 import type { ModelCatalog } from "../models/model-catalog.js";
 import type { ModelSwitcher } from "../models/model-switcher.js";
 import { ApiError, toWireError } from "../protocol/errors.js";
+import type {
+    AdminModelResponse, AdminModelSwitched, ConversationCreated, EngineReport, HealthResponse, KvResponse, ModelEntry, ModelList,
+    Readiness, ReadinessResponse, SlotEntry, UnavailableBody
+} from "../protocol/http-messages.js";
+import { wireKvResponse } from "../protocol/kv-wire.js";
 import { describeSchemaError, schemas, validators } from "../protocol/schemas.js";
 import { newConversationId } from "../scheduler/request-spec.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
@@ -38,7 +43,12 @@ export type AppDeps = {
 /** how old the KV statistics of /metrics and /v1/kv may be (unless a request finished since) */
 const statsMaxAgeMs = 500;
 
-function engineReport(engine: EngineSupervisor) {
+/** llama-server's 503 body */
+function unavailable(message: string): UnavailableBody {
+    return { error: { code: 503, message, type: "unavailable_error" } };
+}
+
+function engineReport(engine: EngineSupervisor): EngineReport {
     const exit = engine.lastExit;
     return {
         state: engine.state,
@@ -46,9 +56,7 @@ function engineReport(engine: EngineSupervisor) {
         restarts: engine.restarts,
         rss_bytes: engine.rssBytes,
         last_exit: exit == null ? null : { reason: exit.reason, code: exit.code, signal: exit.signal, at: exit.at },
-        // why the engine cannot start again (a restart failed), until it can
         last_start_error: engine.lastStartError,
-        // the serving model's file on disk: ok, missing or changed since the engine loaded it
         model_file: engine.modelFileState()
     };
 }
@@ -126,15 +134,11 @@ export function createApp(deps: AppDeps): express.Express {
         const details = healthDetailsAllowed(req);
         if (!ready)
             res.status(503).json({
-                error: {
-                    code: 503,
-                    message: deps.isShuttingDown() ? "Shutting down" : engine.lastStartError != null ? "Engine unavailable" : "Loading model",
-                    type: "unavailable_error"
-                },
+                ...unavailable(deps.isShuttingDown() ? "Shutting down" : engine.lastStartError != null ? "Engine unavailable" : "Loading model"),
                 ...(details ? { engine: engineReport(engine) } : {})
-            });
+            } satisfies HealthResponse);
         else
-            res.json({ status: "ok", ...(details ? { model: scheduler.model!.name, engine: engineReport(engine) } : {}) });
+            res.json({ status: "ok", ...(details ? { model: scheduler.model!.name, engine: engineReport(engine) } : {}) } satisfies HealthResponse);
     });
 
     // the dashboard's page and modules hold no data: served without a token (the page sends it to the API)
@@ -229,13 +233,13 @@ export function createApp(deps: AppDeps): express.Express {
     const readiness = (_req: Request, res: Response, failOnNoSlot: boolean) => {
         const status = scheduler.status();
         const ready = engine.state === "ready" && scheduler.model != null && !deps.isShuttingDown();
-        const body = { ready, sequences: status.sequences, available: status.available, running: status.running, waiting: status.waiting };
+        const body: Readiness = { ready, sequences: status.sequences, available: status.available, running: status.running, waiting: status.waiting };
         if (!ready)
-            res.status(503).json({ error: { code: 503, message: "Loading model", type: "unavailable_error" }, ...body });
+            res.status(503).json({ ...unavailable("Loading model"), ...body } satisfies ReadinessResponse);
         else if (failOnNoSlot && status.available === 0)
-            res.status(503).json({ error: { code: 503, message: "no slot available", type: "unavailable_error" }, ...body });
+            res.status(503).json({ ...unavailable("no slot available"), ...body } satisfies ReadinessResponse);
         else
-            res.json({ status: "ok", ...body });
+            res.json({ status: "ok", ...body } satisfies ReadinessResponse);
     };
     app.get("/ready", (req, res) => readiness(req, res, true));
     app.get("/slots", (req, res) => {
@@ -243,7 +247,7 @@ export function createApp(deps: AppDeps): express.Express {
             readiness(req, res, true);
             return;
         }
-        res.json(scheduler.slotSnapshot().map((s) => ({
+        res.json(scheduler.slotSnapshot().map((s): SlotEntry => ({
             id: s.index, is_processing: s.request != null, conversation_id: visibleConversation(req, s)
         })));
     });
@@ -255,46 +259,18 @@ export function createApp(deps: AppDeps): express.Express {
             sendError(res, { code: "engine_unavailable", message: "the engine is loading or busy; retry" });
             return;
         }
-        const { context } = snapshot;
-        res.json({
-            policy: context.policy,
-            capacity_cells: context.capacityCells,
-            kv_bytes_allocated: context.kvBytesAllocated,
-            kv_bytes_used: context.kvBytesUsed,
-            kv_bytes_full: context.kvBytesFull,
-            merges: context.merges,
-            evictions: context.evictions,
-            compressions: context.compressions,
-            compression_seconds: context.compressionSeconds,
-            engine_rss_bytes: snapshot.rssBytes,
-            sequences: context.sequences.map((seq, slot) => {
-                const state = scheduler.slotSnapshot()[slot];
-                return {
-                    sequence: slot,
-                    busy: state?.request != null,
-                    held: state?.conversation != null,
-                    conversation_id: visibleConversation(req, state),
-                    logical_tokens: seq.logicalTokens,
-                    cells_used: seq.cellsUsed,
-                    budget: seq.budget,
-                    capacity: seq.capacity,
-                    kv_bytes_used: seq.kvBytesUsed,
-                    merges: seq.merges,
-                    evictions: seq.evictions,
-                    compressions: seq.compressions,
-                    compression_seconds: seq.compressionSeconds,
-                    vote_max: seq.voteMax,
-                    vote_mean: seq.voteMean
-                };
-            })
-        });
+        const slots = scheduler.slotSnapshot();
+        res.json(wireKvResponse(snapshot.context, snapshot.rssBytes, (sequence) => {
+            const state = slots[sequence];
+            return { busy: state?.request != null, held: state?.conversation != null, conversation_id: visibleConversation(req, state) };
+        }) satisfies KvResponse);
     });
 
     app.get("/v1/schemas", (_req, res) => {
         res.json(schemas);
     });
 
-    const listModels = async () => {
+    const listModels = async (): Promise<ModelEntry[]> => {
         const serving = scheduler.model;
         const entries = await catalog.list([deps.startupModel]);
         return entries.map((m) => ({
@@ -317,7 +293,7 @@ export function createApp(deps: AppDeps): express.Express {
         }));
     };
     app.get("/v1/models", async (_req, res) => {
-        res.json({ object: "list", data: await listModels() });
+        res.json({ object: "list", data: await listModels() } satisfies ModelList);
     });
     app.get("/v1/models/:id", async (req, res) => {
         const model = (await listModels()).find((m) => m.id === req.params.id);
@@ -332,11 +308,11 @@ export function createApp(deps: AppDeps): express.Express {
     // a server-issued conversation id: 128 random bits, so that nobody can guess it, not even a client
     // that shares this principal (one key for several apps, or no keys at all)
     app.post("/v1/conversations", (_req, res) => {
-        res.json({ id: newConversationId(), object: "conversation", created_at: Math.floor(Date.now() / 1000) });
+        res.json({ id: newConversationId(), object: "conversation", created_at: Math.floor(Date.now() / 1000) } satisfies ConversationCreated);
     });
 
     app.get("/admin/model", (_req, res) => {
-        res.json({ model: scheduler.model, engine: engineReport(engine) });
+        res.json({ model: scheduler.model, engine: engineReport(engine) } satisfies AdminModelResponse);
     });
     app.post("/admin/model", async (req, res) => {
         if (!validators.selectModel(req.body)) {
@@ -345,7 +321,7 @@ export function createApp(deps: AppDeps): express.Express {
         }
         try {
             const result = await switcher.switchTo((req.body as { model: string }).model);
-            res.json({ status: "ok", model: result.model, previous: result.previous });
+            res.json({ status: "ok", model: result.model, previous: result.previous } satisfies AdminModelSwitched);
         } catch (err) {
             sendError(res, toWireError(err));
         }

@@ -8,6 +8,7 @@ import type { Express, Request, Response, Router } from "express";
 import { repoRoot } from "../../scripts/lib/paths.js";
 import type { ServerConfig } from "../config/options.js";
 import type { EngineSupervisor } from "../engine/supervisor.js";
+import type { ServingConfig } from "../protocol/http-messages.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 
 export const dashboardDir = path.join(repoRoot, "dashboard");
@@ -74,7 +75,7 @@ export function addDashboardApi(router: Router, deps: DashboardApiDeps): void {
         const model = scheduler.model;
         const settings = engine.activeSettings;
         const keepKv = settings?.keepKv ?? {};
-        res.json({
+        const body: ServingConfig = {
             model: model == null ? null : {
                 id: model.name,
                 architecture: model.architecture,
@@ -105,6 +106,7 @@ export function addDashboardApi(router: Router, deps: DashboardApiDeps): void {
                 max_message_bytes: config.maxMessageBytes,
                 conversation_idle_s: config.conversationIdle
             }
-        });
+        };
+        res.json(body);
     });
 }

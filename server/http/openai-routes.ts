@@ -5,7 +5,10 @@ import { randomBytes } from "node:crypto";
 import type { Request, Response, Router } from "express";
 import { ApiError, openAiErrorBody, toWireError, type WireError } from "../protocol/errors.js";
 import { describeSchemaError, validators } from "../protocol/schemas.js";
-import type { ChatMessage, SamplingParams } from "../protocol/ws-messages.js";
+import type {
+    ChatChoice, CompletionChunk, CompletionResponse, OpenAiMessage, OpenAiRequestBody, OpenAiUsage, TextChoice
+} from "../protocol/openai-messages.js";
+import type { ChatMessage, FinishReason } from "../protocol/ws-messages.js";
 import { requestSpec } from "../scheduler/request-spec.js";
 import type { FinalResult, ScheduledRequest, Scheduler } from "../scheduler/scheduler.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
@@ -15,18 +18,6 @@ import { principalOf } from "./auth.js";
 
 /** keyed: user or admin keys are configured, so each request's principal (its key) has a bucket of its own */
 export type HttpRateLimit = { rateLimiter: RateLimiter, trustProxy: boolean, keyed: boolean };
-
-type ContentPart = { type: "text", text: string };
-type OpenAiMessage = { role: "system" | "developer" | "user" | "assistant", content?: string | null | ContentPart[] };
-type OpenAiBody = SamplingParams & {
-    model?: string,
-    stream?: boolean,
-    stream_options?: { include_usage?: boolean } | null,
-    max_completion_tokens?: number | null,
-    conversation_id?: string,
-    messages?: OpenAiMessage[],
-    prompt?: string | string[]
-};
 
 type Kind = "chat" | "completion";
 
@@ -42,7 +33,7 @@ function toMessages(messages: OpenAiMessage[]): ChatMessage[] {
     }));
 }
 
-function usageOf(result: FinalResult) {
+function usageOf(result: FinalResult): OpenAiUsage {
     return {
         prompt_tokens: result.usage.prompt_tokens,
         completion_tokens: result.usage.completion_tokens,
@@ -76,7 +67,7 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
         sendError(res, { code: "rate_limited", message: `more than ${rate!.rateLimiter.perMinute} requests per minute from this client address or key (rate-limit); retry in ${decision.retryAfterS} s` });
         return;
     }
-    const body = req.body as OpenAiBody;
+    const body = req.body as OpenAiRequestBody;
     const input = kind === "chat"
         ? { messages: toMessages(body.messages!) }
         : { prompt: Array.isArray(body.prompt) ? body.prompt[0]! : body.prompt! };
@@ -93,8 +84,9 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
     let text = "";
     let ended = false;
 
-    const chunk = (fields: object): void => {
-        res.write(`data: ${JSON.stringify({ id, object: kind === "chat" ? "chat.completion.chunk" : "text_completion", created, model, ...fields })}\n\n`);
+    const chunk = (fields: Omit<CompletionChunk, "id" | "object" | "created" | "model">): void => {
+        const event: CompletionChunk = { id, object: kind === "chat" ? "chat.completion.chunk" : "text_completion", created, model, ...fields };
+        res.write(`data: ${JSON.stringify(event)}\n\n`);
         // a client that does not read: drop it rather than buffer without limit
         if (res.writableLength > maxBufferedBytes && !ended) {
             ended = true;
@@ -103,7 +95,7 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
             res.destroy();
         }
     };
-    const choiceDelta = (content: string | null, finishReason: string | null) => kind === "chat"
+    const choiceDelta = (content: string | null, finishReason: FinishReason | null): CompletionChunk["choices"][number] => kind === "chat"
         ? { index: 0, delta: content == null ? {} : { content }, logprobs: null, finish_reason: finishReason }
         : { index: 0, text: content ?? "", logprobs: null, finish_reason: finishReason };
 
@@ -137,12 +129,12 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
                     sendError(res, result.error);
                     return;
                 }
-                const choice = kind === "chat"
+                const choice: ChatChoice | TextChoice = kind === "chat"
                     ? { index: 0, message: { role: "assistant", content: text, refusal: null }, logprobs: null, finish_reason: result.finishReason }
                     : { index: 0, text, logprobs: null, finish_reason: result.finishReason };
                 res.json({
                     id, object, created, model, choices: [choice], usage: usageOf(result), timings: result.timings, keepkv: result.kv
-                });
+                } satisfies CompletionResponse);
             }
         });
     } catch (err) {

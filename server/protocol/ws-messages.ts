@@ -66,13 +66,11 @@ export type Timings = {
 };
 
 /**
- * The KV statistics of the request's sequence when it finished (see KeepKvSequenceStats): its state
- * (cells, budget, capacity, bytes, votes) at the end, and what the compression did during this request
- * (merges, evictions, compressions, compression_seconds).
+ * The KV statistics of one sequence (see KeepKvSequenceStats), in a final message and in GET /v1/kv:
+ * its state (cells, budget, capacity, bytes, votes) and what the compression did (merges, evictions,
+ * compressions, compression_seconds).
  */
-export type WireKvStats = {
-    sequence: number,
-    policy: string,
+export type WireSequenceKv = {
     logical_tokens: number,
     cells_used: number,
     budget: number | null,
@@ -85,6 +83,10 @@ export type WireKvStats = {
     vote_max: number,
     vote_mean: number
 };
+
+/** The KV statistics of the request's sequence when it finished: its state at the end, and what the
+ *  compression did during this request. */
+export type WireKvStats = { sequence: number, policy: string } & WireSequenceKv;
 
 export type WsHelloMessage = {
     type: "hello",

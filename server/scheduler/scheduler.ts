@@ -4,13 +4,13 @@
 import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { ApiError, type WireError } from "../protocol/errors.js";
+import { wireFinalKv } from "../protocol/kv-wire.js";
 import type { ChatMessage, FinishReason, Timings, Usage, WireKvStats } from "../protocol/ws-messages.js";
-import type { KeepKvSequenceStats } from "../engine/keepkv.js";
 import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
 } from "../engine/ipc.js";
-import type { EngineExit, EngineListener, EngineSupervisor } from "../engine/supervisor.js";
 import { conversationKey } from "./conversation-key.js";
+import type { EngineExit, EngineListener, EnginePort } from "./engine-port.js";
 import { SlotPool } from "./slot-pool.js";
 
 export type RequestSpec = {
@@ -80,30 +80,10 @@ export type SchedulerStatus = {
     available: number
 };
 
-function wireKv(policy: string, kv: KeepKvSequenceStats | null, slot: number): WireKvStats | null {
-    if (kv == null)
-        return null;
-    return {
-        sequence: slot,
-        policy,
-        logical_tokens: kv.logicalTokens,
-        cells_used: kv.cellsUsed,
-        budget: kv.budget,
-        capacity: kv.capacity,
-        kv_bytes_used: kv.kvBytesUsed,
-        merges: kv.merges,
-        evictions: kv.evictions,
-        compressions: kv.compressions,
-        compression_seconds: kv.compressionSeconds,
-        vote_max: kv.voteMax,
-        vote_mean: kv.voteMean
-    };
-}
-
 const round = (ms: number) => Math.max(0, Math.round(ms * 1000) / 1000);
 
 export class Scheduler implements EngineListener {
-    private engine!: EngineSupervisor;
+    private engine: EnginePort | null = null;
     private readonly queue: ScheduledRequest[] = [];
     private readonly running = new Map<number, ScheduledRequest>();
     private readonly slots: SlotPool;
@@ -129,7 +109,7 @@ export class Scheduler implements EngineListener {
         this.idleTimer.unref();
     }
 
-    attach(engine: EngineSupervisor): void {
+    attach(engine: EnginePort): void {
         this.engine = engine;
     }
 
@@ -167,10 +147,15 @@ export class Scheduler implements EngineListener {
         if (spec.conversationId != null && (this.slots.conversationRunning(spec.principal, spec.conversationId)
             || this.queue.some((r) => r.spec.principal === spec.principal && r.spec.conversationId === spec.conversationId)))
             throw new ApiError("conversation_busy", `conversation "${spec.conversationId}" already has a request in flight; send the next turn after its final message`);
-        const canRunNow = this.canDispatch() && this.queue.length === 0 && this.slots.available > 0;
-        if (!canRunNow && this.queue.length >= this.limits.maxQueue)
-            throw new ApiError("queue_full", `all ${this.slots.size} sequences are busy and ${this.queue.length} requests are waiting (max-queue ${this.limits.maxQueue}); retry later`);
-        const request = new ScheduledRequest(this.nextId++, spec, sink, monoMs(), this.modelInfo?.name ?? "", canRunNow ? 0 : this.queue.length + 1);
+        // requests submitted earlier in this tick are still in the queue, to be dispatched with this one:
+        // those the free sequences will take do not wait (a WebSocket client's pipelined messages arrive
+        // in one chunk, and ws emits them in one tick)
+        const dispatchable = this.canDispatch();
+        const waiting = dispatchable ? Math.max(0, this.queue.length - this.slots.available) : this.queue.length;
+        const canRunNow = dispatchable && this.queue.length < this.slots.available;
+        if (!canRunNow && waiting >= this.limits.maxQueue)
+            throw new ApiError("queue_full", `all ${this.slots.size} sequences are busy and ${waiting} requests are waiting (max-queue ${this.limits.maxQueue}); retry later`);
+        const request = new ScheduledRequest(this.nextId++, spec, sink, monoMs(), this.modelInfo?.name ?? "", canRunNow ? 0 : waiting + 1);
         this.queue.push(request);
         request.queueTimer = setTimeout(() => this.queueTimedOut(request), this.limits.queueTimeoutMs);
         request.queueTimer.unref();
@@ -189,7 +174,7 @@ export class Scheduler implements EngineListener {
             this.finish(request, reason, null, null);
             return;
         }
-        this.engine.send({ t: "cancel", job: request.id });
+        this.engine?.send({ t: "cancel", job: request.id });
     }
 
     // ---- engine events
@@ -230,7 +215,7 @@ export class Scheduler implements EngineListener {
                 request.promptMs = message.promptMs;
                 this.metrics.promptEvaluated(request.model, message.promptEvaluated);
                 const reason: FinishReason = message.finishReason === "cancel" ? (request.cancelReason ?? "cancel") : message.finishReason;
-                const kv = wireKv(this.modelInfo?.policy ?? "off", message.kv, request.slot);
+                const kv = wireFinalKv(this.modelInfo?.policy ?? "off", message.kv, request.slot);
                 this.finish(request, reason, message.error ?? null, kv);
                 return;
             }
@@ -369,7 +354,7 @@ export class Scheduler implements EngineListener {
             request.startedAt = monoMs();
             this.running.set(request.id, request);
             const maxTokens = this.resolveMaxTokens(request.spec.maxTokens);
-            const sent = this.engine.send({
+            const sent = this.engine!.send({
                 t: "generate",
                 job: {
                     job: request.id,
