@@ -3,13 +3,15 @@
 //   node dist/scripts/patches.js checkout   # .work/llama.cpp and .work/node-llama-cpp, one commit per patch
 //   node dist/scripts/patches.js export     # rewrite patches/ from the commits after the keepkv-base tag
 //   node dist/scripts/patches.js sync       # copy .work/ sources into node_modules for a quick rebuild
+//   node dist/scripts/patches.js apply      # apply patches/node-llama-cpp to node_modules (npm run build does,
+//                                           # before it compiles what needs the patched .d.ts)
 //
 // Each work tree has a `keepkv-base` tag on the pristine source; every commit after it becomes one
 // numbered patch (git format-patch), whose commit message is the patch header: what, why, how tested.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
-import { cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
+import { applyNodeLlamaCppSeries, cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "./lib/paths.js";
 import {
@@ -87,7 +89,7 @@ function sync(): void {
     process.stdout.write("synced .work/ into node_modules/node-llama-cpp\n");
 }
 
-const usage = "usage: patches.js checkout|export|sync\n";
+const usage = "usage: patches.js checkout|export|sync|apply\n";
 
 let command: string | undefined;
 try {
@@ -105,6 +107,8 @@ try {
         exportAll();
     else if (command === "sync")
         sync();
+    else if (command === "apply")
+        applyNodeLlamaCppSeries();
     else {
         process.stderr.write(usage);
         process.exit(2);
