@@ -11,7 +11,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { seededRandom } from "../scripts/lib/seeded-random.js";
+import { seededRandom } from "../lib/seeded-random.js";
 import { httpClient, promptSource, Tally, wsClient, type LoadCtx } from "./lib/loadtest-clients.js";
 import { LoadTestHelp, parseLoadTestArgs, type LoadTestOptions } from "./lib/loadtest-options.js";
 import { formatReport, type LoadTestReport } from "./lib/loadtest-report.js";

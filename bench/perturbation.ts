@@ -15,7 +15,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { Llama } from "node-llama-cpp";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
-import { testModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
+import { testModelPath, requireFile, sharedDir } from "../lib/model-paths.js";
 import { makeMhaCopy } from "../scripts/lib/gguf-mha.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";

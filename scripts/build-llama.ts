@@ -18,13 +18,13 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import {
     BuildGpu, BuildInputs, BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
-} from "./lib/build-key.js";
+} from "../lib/build-key.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./lib/logged-run.js";
 import {
     buildCacheDir, buildManifestPath, llamaPatchesDir, nlcBundlePath, nlcLlamaCppDir, nlcLlamaDir,
     nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir, repoRoot, vanillaBuildManifestPath, workDir
-} from "./lib/paths.js";
+} from "../lib/paths.js";
 import {
     applySeriesToGitTree, applySeriesToPlainTree, git, listPatches, nlcTrackedPaths, PatchApplyError, restorePristineSnapshot
 } from "./lib/patch-series.js";

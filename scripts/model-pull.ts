@@ -18,8 +18,8 @@ import { convertGguf, ensureQuantizeTool } from "./lib/llama-quantize.js";
 import {
     DerivedModel, KnownModel, ModelPullError, PypiModel, PypiWheel, defaultChatModelName, findModel, knownModels, modelsCacheDir,
     sha256File, sidecarPath
-} from "./lib/models.js";
-import { workDir } from "./lib/paths.js";
+} from "../lib/models.js";
+import { workDir } from "../lib/paths.js";
 
 const log = (msg: string) => process.stderr.write(`[keepkv model] ${msg}\n`);
 

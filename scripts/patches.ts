@@ -11,7 +11,7 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
-import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "./lib/paths.js";
+import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "../lib/paths.js";
 import {
     applySeriesToGitTree, ensurePristineSnapshot, git, listPatches, nlcTrackedPaths, restorePristineSnapshot
 } from "./lib/patch-series.js";

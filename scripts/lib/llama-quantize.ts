@@ -11,10 +11,10 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { cloneBundledLlamaCpp } from "../build-llama.js";
-import { computeBuildInputs } from "./build-key.js";
+import { computeBuildInputs } from "../../lib/build-key.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./logged-run.js";
-import { ModelPullError } from "./models.js";
-import { buildCacheDir, workDir } from "./paths.js";
+import { ModelPullError } from "../../lib/models.js";
+import { buildCacheDir, workDir } from "../../lib/paths.js";
 
 /** Bump when the tool's build recipe changes. */
 export const quantizeToolRecipe = 1;

@@ -6,7 +6,7 @@ import {
     keepKvDefaults, keepKvOptionDocs, keepKvPolicies, keepKvSelections, keepKvVariants, type KeepKvPolicy, type KeepKvSelection,
     type KeepKvVariant
 } from "../engine/keepkv.js";
-import { defaultModelPath } from "../engine/model-paths.js";
+import { defaultModelPath } from "../../lib/model-paths.js";
 
 export const kvCacheTypes = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] as const;
 export type KvCacheType = typeof kvCacheTypes[number];

@@ -3,7 +3,7 @@
 import { LlamaLogLevel } from "node-llama-cpp";
 import { LlamaBuildError, loadPatchedLlama } from "./llama-loader.js";
 import { EngineRuntime, LoadedModel } from "./engine-runtime.js";
-import { monoMs, type FromEngine, type ToEngine } from "./ipc.js";
+import { monoMs, type FromEngine, type ToEngine } from "../protocol/engine-ipc.js";
 import { KeepKvError } from "./keepkv.js";
 import { SequenceStateStore } from "./sequence-state-store.js";
 

@@ -7,7 +7,7 @@ import { keepKvVersionOf } from "./llama-loader.js";
 import {
     monoMs, type EngineFinishReason, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot,
     type FromEngine, type GenerateJob
-} from "./ipc.js";
+} from "../protocol/engine-ipc.js";
 import { PromptBuilder, type BuiltPrompt } from "./prompt-builder.js";
 import {
     modelIdentity, StateRefusedError, stateSettingsFingerprint, type ModelIdentity, type SequenceStateStore

@@ -4,8 +4,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
 import { buildInputsOf } from "../../scripts/build-llama.js";
-import { BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
-import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../scripts/lib/paths.js";
+import { BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../lib/build-key.js";
+import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../lib/paths.js";
 
 export type LlamaBuildErrorCode =
     "BUILD_MISSING" | "BUILD_STALE" | "BUILD_MODIFIED" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";

@@ -6,7 +6,7 @@ import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { LlamaContextSequence, Token } from "node-llama-cpp";
-import type { EngineModelSettings } from "./ipc.js";
+import type { EngineModelSettings } from "../protocol/engine-ipc.js";
 import { resolveKeepKvSettings } from "./keepkv.js";
 
 /** What the server configures (--state-dir, --state-max-mb, --state-save-idle). */

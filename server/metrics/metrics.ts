@@ -2,7 +2,7 @@
 // the keepkv_ prefix (no colons, base units, _total on counters); the rest of the server only calls the
 // methods below. Counters only ever increase: nothing here resets on scrape or on an engine restart.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { FromEngine } from "../engine/ipc.js";
+import type { FromEngine } from "../protocol/engine-ipc.js";
 import type { KeepKvContextStats } from "../engine/keepkv.js";
 import { stateRefusals } from "../engine/sequence-state-store.js";
 import { errorCodes } from "../protocol/errors.js";

@@ -8,8 +8,8 @@ import type { ChatMessage, FinishReason, Timings, Usage, WireKvStats } from "../
 import type { KeepKvSequenceStats } from "../engine/keepkv.js";
 import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
-} from "../engine/ipc.js";
-import type { EngineExit, EngineListener, EngineSupervisor } from "../engine/supervisor.js";
+} from "../protocol/engine-ipc.js";
+import type { EngineExit, EngineListener, EngineSupervisor } from "../supervisor/supervisor.js";
 import { conversationKey } from "./conversation-key.js";
 import { SlotPool } from "./slot-pool.js";
 
