@@ -4,7 +4,6 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { buildManifestPath, llamaPatchesDir, nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir } from "./paths.js";
-import { listPatches } from "../scripts/lib/patch-series.js";
 
 /** Bump when the build recipe itself changes in a way that changes the binary. */
 export const buildRecipeVersion = 1;
@@ -45,6 +44,16 @@ export type BuildManifest = {
     /** sha256 of the binaries as built or restored (buildDigest): tells a development rebuild in place apart */
     digest?: string
 };
+
+/** A patch series is the sorted list of `NNNN-*.patch` files in one folder. */
+export function listPatches(dir: string): string[] {
+    if (!fs.existsSync(dir))
+        return [];
+    return fs.readdirSync(dir)
+        .filter((name) => /^\d{4}-.*\.patch$/.test(name))
+        .sort()
+        .map((name) => path.join(dir, name));
+}
 
 function sha256(data: string | Buffer): string {
     return createHash("sha256").update(data).digest("hex");
@@ -92,6 +101,19 @@ export function computeBuildInputs(
         nodeMajor: process.versions.node.split(".")[0]!,
         patches
     };
+}
+
+/**
+ * keepkv: llama.cpp with the patch series, what the product loads. vanilla: the same bundled llama.cpp and
+ * node-llama-cpp addon without any of our patches, built with the same compiler, flags and ggml libraries:
+ * the baseline that tells the patches' own cost and effect apart from the differences between this build and
+ * node-llama-cpp's prebuilt binary (another compiler, CPU variants picked at run time).
+ */
+export type BuildFlavor = "keepkv" | "vanilla";
+
+export function buildInputsOf(flavor: BuildFlavor, gpu: BuildGpu): BuildInputs {
+    const inputs = computeBuildInputs(gpu);
+    return flavor === "keepkv" ? inputs : { ...inputs, patches: [], flavor };
 }
 
 export function computeBuildKey(inputs: BuildInputs): string {

@@ -1,20 +1,13 @@
-import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
 import { keepkvCacheDir } from "./cache-dir.js";
 
-// dist/scripts/lib/paths.js or scripts/lib/paths.ts: the repository root is three or two levels up
-function findRepoRoot(): string {
-    let dir = path.dirname(fileURLToPath(import.meta.url));
-    for (let i = 0; i < 6; i++) {
-        if (fs.existsSync(path.join(dir, "package.json")) && fs.existsSync(path.join(dir, "patches")))
-            return dir;
-        dir = path.dirname(dir);
-    }
-    throw new Error("keepkv: cannot find the repository root (a folder with package.json and patches/)");
-}
+// Where everything of the repository is. Computed from this module's own place, without touching the
+// disk, so that importing it has no effect: it runs as dist/lib/paths.js, two folders below the root
+// (the source, lib/paths.ts, one).
+const here = path.dirname(fileURLToPath(import.meta.url));
 
-export const repoRoot = findRepoRoot();
+export const repoRoot = import.meta.url.endsWith(".ts") ? path.dirname(here) : path.resolve(here, "..", "..");
 export const patchesDir = path.join(repoRoot, "patches");
 export const llamaPatchesDir = path.join(patchesDir, "llama.cpp");
 export const nlcPatchesDir = path.join(patchesDir, "node-llama-cpp");

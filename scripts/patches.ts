@@ -11,9 +11,10 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
+import { listPatches } from "../lib/build-key.js";
 import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "../lib/paths.js";
 import {
-    applySeriesToGitTree, ensurePristineSnapshot, git, listPatches, nlcTrackedPaths, restorePristineSnapshot
+    applySeriesToGitTree, ensurePristineSnapshot, git, nlcTrackedPaths, restorePristineSnapshot
 } from "./lib/patch-series.js";
 
 const workLlama = path.join(workDir, "llama.cpp");

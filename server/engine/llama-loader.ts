@@ -3,8 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
-import { buildInputsOf } from "../../scripts/build-llama.js";
-import { BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../lib/build-key.js";
+import { BuildManifest, buildDigest, buildInputsOf, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../lib/build-key.js";
 import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../lib/paths.js";
 
 export type LlamaBuildErrorCode =

@@ -5,10 +5,10 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { LlamaCompletion } from "node-llama-cpp";
 import { buildLogPath, buildPatchedLlama, cloneBundledLlamaCpp } from "../../scripts/build-llama.js";
-import { computeBuildInputs, computeBuildKey, readBuildManifest } from "../../lib/build-key.js";
+import { computeBuildInputs, computeBuildKey, listPatches, readBuildManifest } from "../../lib/build-key.js";
 import { failureTailLines, logTail, progressPrinter } from "../../scripts/lib/logged-run.js";
 import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir, repoRoot } from "../../lib/paths.js";
-import { applySeriesToGitTree, git, listPatches, PatchApplyError } from "../../scripts/lib/patch-series.js";
+import { applySeriesToGitTree, git, PatchApplyError } from "../../scripts/lib/patch-series.js";
 import { keepKvVersionOf, LlamaBuildError, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../../server/engine/llama-loader.js";
 import { testModelPath, ModelPathError, requireFile } from "../../lib/model-paths.js";
 
