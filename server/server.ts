@@ -8,7 +8,7 @@ import type { Duplex } from "node:stream";
 import * as path from "node:path";
 import { optionError, type LoadedConfig } from "./config/load-config.js";
 import { effectiveModelsDir, type ServerConfig } from "./config/options.js";
-import { KeepKvError, resolveKeepKvSettings } from "./engine/keepkv.js";
+import { KeepKvError, resolveKeepKvSettings } from "../lib/keepkv-options.js";
 import { checkMemory } from "./supervisor/memory-estimate.js";
 import { EngineSupervisor } from "./supervisor/supervisor.js";
 import { createApp } from "./http/app.js";

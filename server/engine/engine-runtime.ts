@@ -6,7 +6,7 @@ import { createKeepKvContext, keepKvContextStats, keepKvSequenceStats, type Keep
 import { keepKvVersionOf } from "./llama-loader.js";
 import {
     monoMs, type EngineFinishReason, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot,
-    type FromEngine, type GenerateJob
+    type FromEngine, type GenerateJob, type KvCacheType
 } from "../protocol/engine-ipc.js";
 import { PromptBuilder, type BuiltPrompt } from "./prompt-builder.js";
 import {
@@ -14,7 +14,6 @@ import {
 } from "./sequence-state-store.js";
 import { StopStringMatcher, TokenTextStream } from "./token-stream.js";
 import type { ErrorCode } from "../protocol/errors.js";
-import type { KvCacheType } from "../config/options.js";
 
 function ggmlTypeName(type: KvCacheType): keyof typeof GgmlType {
     return type.toUpperCase() as keyof typeof GgmlType;

@@ -2,7 +2,7 @@
 // loaded beside the old one in the engine; only when it loaded are running requests drained and the
 // models swapped. Any failure leaves the previous model serving.
 import type { ServerConfig } from "../config/options.js";
-import { resolveKeepKvSettings } from "../engine/keepkv.js";
+import { resolveKeepKvSettings } from "../../lib/keepkv-options.js";
 import { checkMemory } from "../supervisor/memory-estimate.js";
 import type { EngineModelInfo, EngineModelSettings } from "../protocol/engine-ipc.js";
 import type { EngineSupervisor } from "../supervisor/supervisor.js";

@@ -1,11 +1,20 @@
-// The protocol between the server and its engine child process (Node IPC, JSON serialisation).
+// The protocol between the server and its engine child process (Node IPC, JSON serialisation): the one
+// contract of the two processes, so it imports nothing of either (server/supervisor/ speaks it in the
+// parent, server/engine/engine-process.ts in the child).
 // Timestamps are monoMs(): CLOCK_MONOTONIC, the same clock in both processes, so the server can measure
 // how long a message spent crossing the boundary.
-import type { ChatTemplateMode, FlashAttentionMode, KvCacheType } from "../config/options.js";
+import type { KeepKvOptions, KeepKvPolicy } from "../../lib/keepkv-options.js";
 import type { ErrorCode } from "./errors.js";
 import type { ChatMessage } from "./ws-messages.js";
-import type { KeepKvContextStats, KeepKvOptions, KeepKvSequenceStats } from "../engine/keepkv.js";
-import type { StateEvent, StateStoreOptions } from "../engine/sequence-state-store.js";
+
+export const kvCacheTypes = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] as const;
+export type KvCacheType = typeof kvCacheTypes[number];
+
+export const chatTemplateModes = ["auto", "plain", "general"] as const;
+export type ChatTemplateMode = typeof chatTemplateModes[number];
+
+export const flashAttentionModes = ["off", "on", "auto"] as const;
+export type FlashAttentionMode = typeof flashAttentionModes[number];
 
 /** Milliseconds on the system-wide monotonic clock (comparable between processes on one machine). */
 export function monoMs(): number {
@@ -80,6 +89,74 @@ export type ToEngine =
     | { t: "activate_model", nonce: number }
     | { t: "discard_model", nonce: number }
     | { t: "shutdown" };
+
+export type KeepKvSequenceStats = {
+    sequenceId: number,
+    /** tokens the sequence has seen (its next position) */
+    logicalTokens: number,
+    /** KV cells the sequence holds now */
+    cellsUsed: number,
+    /** its budget in cells, or null when there is none */
+    budget: number | null,
+    /** physical cells available to it (its stream) */
+    capacity: number,
+    /** K/V bytes its cells occupy */
+    kvBytesUsed: number,
+    /** cells that left by compression */
+    cellsRemoved: number,
+    /** leaving cells merged into a retained cell, in cell equivalents (merged layer-head slots / slots per cell) */
+    merges: number,
+    /** leaving cells dropped without a merge, in cell equivalents */
+    evictions: number,
+    /** compression events */
+    compressions: number,
+    /** time spent compressing, seconds */
+    compressionSeconds: number,
+    /** largest vote of any of its cells, layers and heads (1 for an uncompressed sequence) */
+    voteMax: number,
+    /** mean vote over its cells, layers and heads */
+    voteMean: number
+};
+
+export type KeepKvContextStats = {
+    policy: KeepKvPolicy,
+    /** physical KV cells of the context (all streams) */
+    capacityCells: number,
+    /** K/V bytes allocated */
+    kvBytesAllocated: number,
+    /** K/V bytes in use by cells that hold tokens */
+    kvBytesUsed: number,
+    /** K/V bytes a full cache of the logical context would allocate */
+    kvBytesFull: number,
+    /** bytes of the votes, scores and representative queries */
+    keepKvBytes: number,
+    cellsRemoved: number,
+    merges: number,
+    evictions: number,
+    compressions: number,
+    compressionSeconds: number,
+    sequences: KeepKvSequenceStats[]
+};
+
+/** What the server configures (--state-dir, --state-max-mb, --state-save-idle). */
+export type StateStoreOptions = {
+    dir: string,
+    maxBytes: number,
+    /** how long a conversation stays idle before its state is written */
+    saveIdleMs: number
+};
+
+/** Why a saved state is refused: the metric's label, so a short fixed list. */
+export const stateRefusals = ["unreadable", "version", "model", "settings", "checksum", "tokens", "load_failed"] as const;
+export type StateRefusal = typeof stateRefusals[number];
+
+export type StateEvent =
+    | { event: "saved", bytes: number }
+    | { event: "removed", bytes: number }
+    | { event: "restored" }
+    | { event: "miss" }
+    | { event: "refused", reason: StateRefusal, message: string }
+    | { event: "save_failed", message: string };
 
 export type EngineStatsSnapshot = {
     context: KeepKvContextStats,

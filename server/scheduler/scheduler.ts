@@ -5,9 +5,8 @@ import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { ApiError, type WireError } from "../protocol/errors.js";
 import type { ChatMessage, FinishReason, Timings, Usage, WireKvStats } from "../protocol/ws-messages.js";
-import type { KeepKvSequenceStats } from "../engine/keepkv.js";
 import {
-    monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
+    monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type KeepKvSequenceStats, type SamplingSettings
 } from "../protocol/engine-ipc.js";
 import type { EngineExit, EngineListener, EngineSupervisor } from "../supervisor/supervisor.js";
 import { conversationKey } from "./conversation-key.js";

@@ -5,10 +5,9 @@
 // the server estimates what a start or a model switch needs from the GGUF header and refuses one that
 // cannot fit, with the numbers and the options to change.
 import * as fs from "node:fs";
-import type { KvCacheType } from "../config/options.js";
 import { inspectModelFile } from "../models/gguf-inspect.js";
 import { readBuildManifest } from "../../lib/build-key.js";
-import type { EngineModelSettings } from "../protocol/engine-ipc.js";
+import type { EngineModelSettings, KvCacheType } from "../protocol/engine-ipc.js";
 
 /** bytes per element of the K/V cache types (block types: block bytes / block elements) */
 const cacheTypeBytes: Record<KvCacheType, number> = {

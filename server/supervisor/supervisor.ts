@@ -7,9 +7,9 @@ import { fileURLToPath } from "node:url";
 import type { Logger } from "../logger.js";
 import { inspectModelFile } from "../models/gguf-inspect.js";
 import {
-    monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type ToEngine
+    monoMs, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot, type FromEngine, type StateStoreOptions,
+    type ToEngine
 } from "../protocol/engine-ipc.js";
-import type { StateStoreOptions } from "../engine/sequence-state-store.js";
 
 const engineEntry = fileURLToPath(new URL("../engine/engine-process.js", import.meta.url));
 

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { buildLogPath } from "../../scripts/build-llama.js";
 import { failureTailLines } from "../../scripts/lib/logged-run.js";
 import { repoRoot } from "../../lib/paths.js";
-import { keepKvOptionDocs } from "../../server/engine/keepkv.js";
+import { keepKvOptionDocs } from "../../lib/keepkv-options.js";
 
 const readme = fs.readFileSync(path.join(repoRoot, "README.md"), "utf8");
 
