@@ -22,6 +22,7 @@ import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../se
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
+import { errorMessage } from "../lib/error-message.js";
 
 type RawAddon = {
     initBatch(size: number): void,
@@ -364,6 +365,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-    process.stderr.write(`bench:speed: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`bench:speed: ${errorMessage(err)}\n`);
     process.exit(1);
 });

@@ -28,6 +28,7 @@ import {
 import {
     applySeriesToGitTree, applySeriesToPlainTree, git, nlcTrackedPaths, PatchApplyError, restorePristineSnapshot
 } from "./lib/patch-series.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const log = (msg: string) => process.stderr.write(`[keepkv build] ${msg}\n`);
 
@@ -248,7 +249,7 @@ if (process.argv[1] != null && path.resolve(process.argv[1]).replace(/\.ts$/, ".
         else if (isParseArgsError(err))
             process.stderr.write(`[keepkv build] ${describeParseArgsError(err)}\n${usage}`);
         else
-            process.stderr.write(`[keepkv build] error: ${err instanceof Error ? err.message : String(err)}\n`);
+            process.stderr.write(`[keepkv build] error: ${errorMessage(err)}\n`);
         process.exitCode = 1;
     });
 }

@@ -16,6 +16,7 @@ import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir 
 import {
     applySeriesToGitTree, ensurePristineSnapshot, git, nlcTrackedPaths, restorePristineSnapshot
 } from "./lib/patch-series.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const workLlama = path.join(workDir, "llama.cpp");
 const workNlc = path.join(workDir, "node-llama-cpp");
@@ -111,6 +112,6 @@ try {
         process.exit(2);
     }
 } catch (err) {
-    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`error: ${errorMessage(err)}\n`);
     process.exit(1);
 }

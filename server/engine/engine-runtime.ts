@@ -14,6 +14,7 @@ import {
 } from "./sequence-state-store.js";
 import { StopStringMatcher, TokenTextStream } from "./token-stream.js";
 import type { ErrorCode } from "../protocol/errors.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 function ggmlTypeName(type: KvCacheType): keyof typeof GgmlType {
     return type.toUpperCase() as keyof typeof GgmlType;
@@ -467,7 +468,7 @@ export class EngineRuntime {
             finishReason = "error";
             error = err instanceof JobError
                 ? { code: err.code, message: err.message }
-                : { code: "internal_error", message: `generation failed: ${err instanceof Error ? err.message : String(err)}` };
+                : { code: "internal_error", message: `generation failed: ${errorMessage(err)}` };
         } finally {
             this.jobs.delete(job.job);
         }

@@ -12,6 +12,7 @@ import {
 } from "../../lib/keepkv-options.js";
 import type { KeepKvContextStats, KeepKvSequenceStats } from "../protocol/engine-ipc.js";
 import { keepKvVersionOf } from "./llama-loader.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export {
     KeepKvError, keepKvPolicies, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
@@ -122,7 +123,7 @@ export async function createKeepKvContext(model: LlamaModel, options: KeepKvCont
             keepKv: toAddonParams(settings)
         } as LlamaContextOptions);
     } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         if (message.startsWith("KeepKV: "))
             throw new KeepKvError(unsupportedModel.test(message) ? "KEEPKV_UNSUPPORTED_MODEL" : "KEEPKV_INVALID_OPTION", message);
         throw err;
@@ -158,7 +159,7 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
             return await addonOf(sequence.context).keepKvCompress(sequenceIdOf(sequence),
                 typeof what === "number" ? what : Int32Array.from(what));
         } catch (err) {
-            throw new KeepKvError("KEEPKV_FAILED", err instanceof Error ? err.message : String(err));
+            throw new KeepKvError("KEEPKV_FAILED", errorMessage(err));
         }
     });
 }

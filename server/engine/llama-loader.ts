@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
 import { BuildManifest, buildDigest, buildInputsOf, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../lib/build-key.js";
 import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../lib/paths.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 export type LlamaBuildErrorCode =
     "BUILD_MISSING" | "BUILD_STALE" | "BUILD_MODIFIED" | "BUILD_NOT_PATCHED" | "BUILD_LOAD_FAILED" | "VANILLA_UNAVAILABLE";
@@ -61,7 +62,7 @@ async function getLocalBuild(manifest: BuildManifest, opts: LoadOptions, failure
             logLevel: opts.logLevel ?? LlamaLogLevel.error
         });
     } catch (err) {
-        throw failure(err instanceof Error ? err.message : String(err));
+        throw failure(errorMessage(err));
     }
 }
 
@@ -117,7 +118,7 @@ export async function loadVanillaLlama(opts: LoadOptions = {}): Promise<Llama> {
         });
     } catch (err) {
         throw new LlamaBuildError("VANILLA_UNAVAILABLE",
-            `node-llama-cpp's prebuilt CPU binary could not be loaded: ${err instanceof Error ? err.message : String(err)}`);
+            `node-llama-cpp's prebuilt CPU binary could not be loaded: ${errorMessage(err)}`);
     }
     if (llama.buildType !== "prebuilt" || keepKvVersionOf(llama) != null) {
         await llama.dispose();
