@@ -67,7 +67,7 @@ export function layerViolations(root: string, files: readonly string[]): Violati
             if (!ref.specifier.startsWith(".")) {
                 // lib: node's own modules only at run time (types of a package are erased)
                 if (rule.from === "lib" && !ref.typeOnly && !ref.specifier.startsWith("node:") && !builtins.has(ref.specifier))
-                    fail(`lib/ imports the package "${ref.specifier}" at run time: ${rule.why}`);
+                    fail(`lib/ imports the package "${ref.specifier}" at run time: lib/ loads node's own modules only (type imports aside)`);
                 continue;
             }
             const target = resolveSpecifier(root, file, ref.specifier);
