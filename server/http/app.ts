@@ -209,7 +209,7 @@ export function createApp(deps: AppDeps): express.Express {
         return principal.role === "admin" || slot.owner === principal.name ? slot.conversation : null;
     };
 
-    // both read through one cache (engine/stats-cache.ts): polling either cannot starve the engine
+    // both read through one cache (supervisor/stats-cache.ts): polling either cannot starve the engine
     const stats = new StatsCache((timeoutMs) => {
         metrics.engineStatsRead();
         return engine.stats(timeoutMs);

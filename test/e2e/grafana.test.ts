@@ -343,7 +343,7 @@ td, th { border-bottom: 1px solid #2c2f36; padding: 3px 6px; text-align: left; }
 </style>
 <script type="module" src="/preview.js"></script></head>
 <body><header><h1>keepkv</h1><span class="vars"><span>Data source: Prometheus</span><span>Replica: All</span><span>Model: All</span></span>
-<span class="note">Preview rendered by test/grafana.test.ts from deploy/grafana/dashboards/keepkv.json with data from a real Prometheus scraping two real servers (not Grafana's UI)</span></header>
+<span class="note">Preview rendered by test/e2e/grafana.test.ts from deploy/grafana/dashboards/keepkv.json with data from a real Prometheus scraping two real servers (not Grafana's UI)</span></header>
 <main class="grid" id="grid"></main></body></html>`;
 
 const previewScript = `
