@@ -25,6 +25,7 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY patches ./patches
 COPY scripts/build-llama.ts ./scripts/
 COPY scripts/lib ./scripts/lib
+COPY lib ./lib
 RUN npx tsc --ignoreConfig --module nodenext --moduleResolution nodenext --target es2022 --skipLibCheck --types node \
         --outDir dist --rootDir . scripts/build-llama.ts \
     && node dist/scripts/build-llama.js \

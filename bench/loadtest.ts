@@ -11,13 +11,14 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
-import { seededRandom } from "../scripts/lib/seeded-random.js";
+import { seededRandom } from "../lib/seeded-random.js";
 import { httpClient, promptSource, Tally, wsClient, type LoadCtx } from "./lib/loadtest-clients.js";
 import { LoadTestHelp, parseLoadTestArgs, type LoadTestOptions } from "./lib/loadtest-options.js";
 import { formatReport, type LoadTestReport } from "./lib/loadtest-report.js";
 import { metric, percentile, round, slope } from "./lib/loadtest-stats.js";
 import { startServer, waitForHealth, type ServerHandle } from "./lib/server-process.js";
 import { WsClient } from "./lib/ws-client.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -317,7 +318,7 @@ async function main(): Promise<void> {
 
 if (process.argv[1] != null && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
     main().catch((err: unknown) => {
-        process.stderr.write(`loadtest: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.stderr.write(`loadtest: ${errorMessage(err)}\n`);
         process.exit(1);
     });
 }

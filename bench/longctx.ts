@@ -25,6 +25,7 @@ import { heatMapsSvg, lineChartSvg, machineInfo, markdownTable, progress, result
 import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, serverArgsOf } from "./lib/longctx-run.js";
 import { multiturnRecall } from "./lib/longctx-multiturn.js";
 import { startServer } from "./lib/server-process.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const taskDocs: Record<LongctxTask, string> = {
     ...needleTaskDocs,
@@ -196,6 +197,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-    process.stderr.write(`bench:longctx: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`bench:longctx: ${errorMessage(err)}\n`);
     process.exit(1);
 });

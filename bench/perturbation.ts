@@ -15,12 +15,13 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type { Llama } from "node-llama-cpp";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
-import { testModelPath, requireFile, sharedDir } from "../server/engine/model-paths.js";
+import { testModelPath, requireFile, sharedDir } from "../lib/model-paths.js";
 import { makeMhaCopy } from "../scripts/lib/gguf-mha.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { groupedBarChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng } from "./lib/report.js";
 import { CacheType, measurePerturbation, PerturbationMeasurement, promptTokens } from "./lib/perturbation.js";
+import { errorMessage } from "../lib/error-message.js";
 
 type Config = {
     model: string, mha: boolean, flashAttention: boolean, cacheType: CacheType, cacheTypeK?: CacheType, cacheTypeV?: CacheType,
@@ -192,6 +193,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-    process.stderr.write(`bench:perturbation: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`bench:perturbation: ${errorMessage(err)}\n`);
     process.exit(1);
 });

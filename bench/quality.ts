@@ -22,6 +22,7 @@ import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
 import { greedyGenerate, streamingNll } from "./lib/scoring.js";
+import { errorMessage } from "../lib/error-message.js";
 
 type CacheType = "f16" | "q8_0" | "q4_0";
 const ggmlTypeName: Record<CacheType, "F16" | "Q8_0" | "Q4_0"> = { f16: "F16", q8_0: "Q8_0", q4_0: "Q4_0" };
@@ -246,6 +247,6 @@ async function kvBytesPerCell(model: LlamaModel, cacheType: CacheType): Promise<
 }
 
 main().catch((err: unknown) => {
-    process.stderr.write(`bench:quality: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`bench:quality: ${errorMessage(err)}\n`);
     process.exit(1);
 });

@@ -22,6 +22,7 @@ import { decodeRaw } from "../server/engine/native-context.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
+import { errorMessage } from "../lib/error-message.js";
 
 /** One decode with several sequences: each gets `tokens` from `pos`, with the logits of its last token. */
 async function decode(context: LlamaContext, items: { seq: number, pos: number, tokens: Token[] }[]): Promise<void> {
@@ -349,6 +350,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-    process.stderr.write(`bench:speed: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`bench:speed: ${errorMessage(err)}\n`);
     process.exit(1);
 });

@@ -17,17 +17,18 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import {
-    BuildGpu, BuildInputs, BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, parseBuildGpu, readBuildManifest
-} from "./lib/build-key.js";
+    BuildFlavor, BuildGpu, BuildManifest, buildDigest, buildInputsOf, computeBuildKey, listPatches, parseBuildGpu, readBuildManifest
+} from "../lib/build-key.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./lib/logged-run.js";
 import {
     buildCacheDir, buildManifestPath, llamaPatchesDir, nlcBundlePath, nlcLlamaCppDir, nlcLlamaDir,
     nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir, repoRoot, vanillaBuildManifestPath, workDir
-} from "./lib/paths.js";
+} from "../lib/paths.js";
 import {
-    applySeriesToGitTree, applySeriesToPlainTree, git, listPatches, nlcTrackedPaths, PatchApplyError, restorePristineSnapshot
+    applySeriesToGitTree, applySeriesToPlainTree, git, nlcTrackedPaths, PatchApplyError, restorePristineSnapshot
 } from "./lib/patch-series.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const log = (msg: string) => process.stderr.write(`[keepkv build] ${msg}\n`);
 
@@ -90,19 +91,6 @@ function storeInCache(cacheEntry: string, manifest: BuildManifest): void {
 }
 
 export type BuildResult = { manifest: BuildManifest, source: "up-to-date" | "cache" | "built", seconds: number };
-
-/**
- * keepkv: llama.cpp with the patch series, what the product loads. vanilla: the same bundled llama.cpp and
- * node-llama-cpp addon without any of our patches, built with the same compiler, flags and ggml libraries:
- * the baseline that tells the patches' own cost and effect apart from the differences between this build and
- * node-llama-cpp's prebuilt binary (another compiler, CPU variants picked at run time).
- */
-export type BuildFlavor = "keepkv" | "vanilla";
-
-export function buildInputsOf(flavor: BuildFlavor, gpu: BuildGpu): BuildInputs {
-    const inputs = computeBuildInputs(gpu);
-    return flavor === "keepkv" ? inputs : { ...inputs, patches: [], flavor };
-}
 
 function manifestPathOf(flavor: BuildFlavor): string {
     return flavor === "keepkv" ? buildManifestPath : vanillaBuildManifestPath;
@@ -261,7 +249,7 @@ if (process.argv[1] != null && path.resolve(process.argv[1]).replace(/\.ts$/, ".
         else if (isParseArgsError(err))
             process.stderr.write(`[keepkv build] ${describeParseArgsError(err)}\n${usage}`);
         else
-            process.stderr.write(`[keepkv build] error: ${err instanceof Error ? err.message : String(err)}\n`);
+            process.stderr.write(`[keepkv build] error: ${errorMessage(err)}\n`);
         process.exitCode = 1;
     });
 }

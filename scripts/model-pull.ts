@@ -18,8 +18,9 @@ import { convertGguf, ensureQuantizeTool } from "./lib/llama-quantize.js";
 import {
     DerivedModel, KnownModel, ModelPullError, PypiModel, PypiWheel, defaultChatModelName, findModel, knownModels, modelsCacheDir,
     sha256File, sidecarPath
-} from "./lib/models.js";
-import { workDir } from "./lib/paths.js";
+} from "../lib/models.js";
+import { workDir } from "../lib/paths.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const log = (msg: string) => process.stderr.write(`[keepkv model] ${msg}\n`);
 
@@ -215,7 +216,7 @@ function checkCachedDerived(model: DerivedModel, source: PypiModel, file: string
     try {
         record = JSON.parse(fs.readFileSync(sidecar, "utf8")) as DerivedSidecar;
     } catch (err) {
-        return `${sidecar} cannot be read (${err instanceof Error ? err.message : String(err)})`;
+        return `${sidecar} cannot be read (${errorMessage(err)})`;
     }
     if (record.derivedFrom?.sha256 !== source.sha256 || record.outputType !== model.source.outputType)
         return `${file} was made from another source (${record.derivedFrom?.file} ${record.derivedFrom?.sha256}, ${record.outputType}), ` +

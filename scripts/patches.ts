@@ -13,10 +13,12 @@ import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { applyNodeLlamaCppSeries, cloneBundledLlamaCpp, pristineDirName } from "./build-llama.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
-import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "./lib/paths.js";
+import { listPatches } from "../lib/build-key.js";
+import { llamaPatchesDir, nlcLlamaCppDir, nlcPackageDir, nlcPatchesDir, workDir } from "../lib/paths.js";
 import {
-    applySeriesToGitTree, ensurePristineSnapshot, git, listPatches, nlcTrackedPaths, restorePristineSnapshot
+    applySeriesToGitTree, ensurePristineSnapshot, git, nlcTrackedPaths, restorePristineSnapshot
 } from "./lib/patch-series.js";
+import { errorMessage } from "../lib/error-message.js";
 
 const workLlama = path.join(workDir, "llama.cpp");
 const workNlc = path.join(workDir, "node-llama-cpp");
@@ -114,6 +116,6 @@ try {
         process.exit(2);
     }
 } catch (err) {
-    process.stderr.write(`error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.stderr.write(`error: ${errorMessage(err)}\n`);
     process.exit(1);
 }

@@ -4,10 +4,10 @@ import * as path from "node:path";
 import { ConfigError, loadConfig } from "./config/load-config.js";
 import { optionDecls, optionKeys } from "./config/options.js";
 import { helpText } from "./config/options-doc.js";
-import { EngineStartError } from "./engine/supervisor.js";
+import { EngineStartError } from "./supervisor/supervisor.js";
 import { Logger } from "./logger.js";
 import { startServer } from "./server.js";
-import { repoRoot } from "../scripts/lib/paths.js";
+import { repoRoot } from "../lib/paths.js";
 
 /** exit within this long after SIGTERM/SIGINT, whatever hangs */
 const exitBoundExtraMs = 15_000;

@@ -1,8 +1,8 @@
 // The models and texts a benchmark can name by a short word, besides a path: the headline chat model and
 // its long text, and the fast stories3M fixtures.
-import { cachedModelPath, defaultChatModelName, knownModels } from "../../scripts/lib/models.js";
+import { cachedModelPath, defaultChatModelName, knownModels } from "../../lib/models.js";
 import { ensureKjvText } from "../../scripts/lib/long-text.js";
-import { corpusPath, requireFile, testModelPath } from "../../server/engine/model-paths.js";
+import { corpusPath, requireFile, testModelPath } from "../../lib/model-paths.js";
 
 /** `smollm2` (the default chat model), `smollm2-f16` (its F16 copy), `stories3m`, or a path. */
 export function resolveModel(value: string): string {

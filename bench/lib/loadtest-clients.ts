@@ -2,7 +2,7 @@
 // random requests until the deadline, cancel some and hang up on others on purpose, and record in a Tally
 // how each request ended and when its tokens arrived.
 import * as fs from "node:fs";
-import { corpusPath } from "../../server/engine/model-paths.js";
+import { corpusPath } from "../../lib/model-paths.js";
 import { WsClient, type RoutedMessage } from "./ws-client.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -1,7 +1,7 @@
 // The load test's options (bench/loadtest.ts), parsed by util.parseArgs.
 import { parseArgs } from "node:util";
 import { describeParseArgsError, isParseArgsError } from "../../scripts/lib/command-line.js";
-import { testModelPath } from "../../server/engine/model-paths.js";
+import { testModelPath } from "../../lib/model-paths.js";
 
 export type LoadTestOptions = {
     clients: number,

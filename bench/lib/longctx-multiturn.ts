@@ -3,7 +3,7 @@
 // compressed under the budget, and the last turn asks for the fact. The chat template, the conversation
 // cache and the budget are the server's own; the reply's start is given ("Your secret number is"), so the
 // score is exact: the first number of the reply.
-import { seededRandom } from "../../scripts/lib/seeded-random.js";
+import { seededRandom } from "../../lib/seeded-random.js";
 import { needleAnswered } from "./longctx-tasks.js";
 
 type Message = { role: "system" | "user" | "assistant", content: string };

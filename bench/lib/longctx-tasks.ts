@@ -6,7 +6,7 @@
 // answers the named form from its whole 8k context with the full cache, and fails the classic pass-key
 // prompt even at 60 tokens (measured), so a pass key would measure the model, not the cache.
 import type { LlamaModel, Token } from "node-llama-cpp";
-import { seededRandom } from "../../scripts/lib/seeded-random.js";
+import { seededRandom } from "../../lib/seeded-random.js";
 
 export const needleTasks = ["needle", "multikey", "before"] as const;
 export type NeedleTask = typeof needleTasks[number];

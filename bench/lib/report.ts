@@ -3,8 +3,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { readBuildManifest } from "../../scripts/lib/build-key.js";
-import { repoRoot } from "../../scripts/lib/paths.js";
+import { readBuildManifest } from "../../lib/build-key.js";
+import { repoRoot } from "../../lib/paths.js";
 
 export function machineInfo() {
     const manifest = readBuildManifest();

@@ -3,7 +3,7 @@
 // (test/helpers/server-process.ts adds the test defaults).
 import { spawn, type ChildProcess } from "node:child_process";
 import * as path from "node:path";
-import { repoRoot } from "../../scripts/lib/paths.js";
+import { repoRoot } from "../../lib/paths.js";
 
 export const serverEntry = path.join(repoRoot, "dist", "server", "main.js");
 

@@ -11,10 +11,11 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { cloneBundledLlamaCpp } from "../build-llama.js";
-import { computeBuildInputs } from "./build-key.js";
+import { computeBuildInputs } from "../../lib/build-key.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./logged-run.js";
-import { ModelPullError } from "./models.js";
-import { buildCacheDir, workDir } from "./paths.js";
+import { ModelPullError } from "../../lib/models.js";
+import { buildCacheDir, workDir } from "../../lib/paths.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 /** Bump when the tool's build recipe changes. */
 export const quantizeToolRecipe = 1;
@@ -39,7 +40,7 @@ export function quantizeToolInputs(): QuantizeToolInputs {
         inputs = computeBuildInputs(false);
     } catch (err) {
         // node-llama-cpp is not installed: its version names the llama.cpp release the tool is built from
-        throw new ModelPullError("TOOL_BUILD_FAILED", `cannot tell which llama.cpp to build llama-quantize from: ${err instanceof Error ? err.message : String(err)}`);
+        throw new ModelPullError("TOOL_BUILD_FAILED", `cannot tell which llama.cpp to build llama-quantize from: ${errorMessage(err)}`);
     }
     const { nodeLlamaCppVersion, platform, arch, cpuFlags, compiler } = inputs;
     return { tool: "llama-quantize", recipe: quantizeToolRecipe, nodeLlamaCppVersion, platform, arch, cpuFlags, compiler };
@@ -91,7 +92,7 @@ export async function ensureQuantizeTool(log: Log): Promise<QuantizeTool> {
         fs.mkdirSync(tree, { recursive: true });
         cloneBundledLlamaCpp(src);
     } catch (err) {
-        throw toolBuildError(`cannot clone the bundled llama.cpp: ${err instanceof Error ? err.message : String(err)}`, logFile);
+        throw toolBuildError(`cannot clone the bundled llama.cpp: ${errorMessage(err)}`, logFile);
     }
 
     const options: Record<string, string> = {

@@ -8,7 +8,7 @@
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { keepkvCacheDir } from "./cache-dir.js";
+import { keepkvCacheDir } from "../../lib/cache-dir.js";
 
 export class LongTextError extends Error {
     readonly code = "LONG_TEXT_UNAVAILABLE";

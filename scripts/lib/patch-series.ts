@@ -2,16 +2,6 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
-/** A patch series is the sorted list of `NNNN-*.patch` files in one folder. */
-export function listPatches(dir: string): string[] {
-    if (!fs.existsSync(dir))
-        return [];
-    return fs.readdirSync(dir)
-        .filter((name) => /^\d{4}-.*\.patch$/.test(name))
-        .sort()
-        .map((name) => path.join(dir, name));
-}
-
 export class PatchApplyError extends Error {
     readonly code = "PATCH_DOES_NOT_APPLY";
     constructor(

@@ -3,19 +3,12 @@
 // config-file schema are all generated from this table.
 import * as path from "node:path";
 import {
-    keepKvDefaults, keepKvOptionDocs, keepKvPolicies, keepKvSelections, keepKvVariants, type KeepKvPolicy, type KeepKvSelection,
-    type KeepKvVariant
-} from "../engine/keepkv.js";
-import { defaultModelPath } from "../engine/model-paths.js";
-
-export const kvCacheTypes = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"] as const;
-export type KvCacheType = typeof kvCacheTypes[number];
-
-export const chatTemplateModes = ["auto", "plain", "general"] as const;
-export type ChatTemplateMode = typeof chatTemplateModes[number];
-
-export const flashAttentionModes = ["off", "on", "auto"] as const;
-export type FlashAttentionMode = typeof flashAttentionModes[number];
+    keepKvOptionDecls, type KeepKvOptionDecl, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant
+} from "../../lib/keepkv-options.js";
+import { defaultModelPath } from "../../lib/model-paths.js";
+import {
+    chatTemplateModes, flashAttentionModes, kvCacheTypes, type ChatTemplateMode, type FlashAttentionMode, type KvCacheType
+} from "../protocol/engine-ipc.js";
 
 export const logLevels = ["error", "warn", "info", "debug"] as const;
 export type LogLevel = typeof logLevels[number];
@@ -110,6 +103,19 @@ export type OptionDecl<T> = {
 export const serverDefaultBudget = 0.5;
 
 const seconds = (doc: string) => `${doc} Seconds.`;
+const kkv = keepKvOptionDecls;
+
+/** The JSON schema of a KeepKV option: its declared values or range, as ajv checks it. */
+function keepKvSchema(decl: KeepKvOptionDecl): OptionSchema {
+    switch (decl.type) {
+        case "enum": return { type: "string", enum: decl.values };
+        case "integer":
+        case "number": return { type: decl.type, ...decl.range };
+        // none (null) turns automatic compression off
+        case "budget": return { type: ["number", "null"], ...decl.range };
+        case "boolean": return { type: "boolean" };
+    }
+}
 const capitalize = (doc: string) => doc.charAt(0).toUpperCase() + doc.slice(1);
 
 /**
@@ -180,53 +186,33 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
             + "`plain` joins the message texts with blank lines, for text-continuation models such as TinyStories; "
             + "`general` uses node-llama-cpp's GeneralChatWrapper (`### Human:` / `### Assistant:`)."
     },
-    // the KeepKV options: documented once in keepkv.ts, validated again there against the context size
+    // the KeepKV options: declared once (range, default, doc) in lib/keepkv-options.ts, validated again
+    // against the context size by resolveKeepKvSettings
     policy: {
-        group: "keepkv", schema: { type: "string", enum: keepKvPolicies }, default: keepKvDefaults.policy,
-        doc: `KV-cache compression policy of every sequence: ${keepKvOptionDocs.policy.doc}`
+        group: "keepkv", schema: keepKvSchema(kkv.policy), default: kkv.policy.default,
+        doc: `KV-cache compression policy of every sequence: ${kkv.policy.doc}`
     },
-    variant: {
-        group: "keepkv", schema: { type: "string", enum: keepKvVariants }, default: keepKvDefaults.variant,
-        doc: keepKvOptionDocs.variant.doc
-    },
+    variant: { group: "keepkv", schema: keepKvSchema(kkv.variant), default: kkv.variant.default, doc: kkv.variant.doc },
     selection: {
-        group: "keepkv", schema: { type: "string", enum: keepKvSelections }, default: "recency",
-        doc: `${capitalize(keepKvOptionDocs.selection.doc)} The server defaults to recency, the measured best: on SmolLM2 at 8k tokens as good as the scores at 20% and better at 10%, and it tracks no scores, which costs decode speed (README, Benchmarks).`
+        group: "keepkv", schema: keepKvSchema(kkv.selection), default: "recency",
+        doc: `${capitalize(kkv.selection.doc)} The server defaults to recency, the measured best: on SmolLM2 at 8k tokens as good as the scores at 20% and better at 10%, and it tracks no scores, which costs decode speed (README, Benchmarks).`
     },
     budget: {
-        group: "keepkv", schema: { type: ["number", "null"], exclusiveMinimum: 0 }, default: serverDefaultBudget,
+        group: "keepkv", schema: keepKvSchema(kkv.budget), default: serverDefaultBudget,
         defaultDoc: `${serverDefaultBudget} (none with policy off)`,
-        doc: `${keepKvOptionDocs.budget.doc} \`none\`: no automatic compression. The default budget applies only to a compressing policy: with \`--policy off\` and no budget given, there is none.`
+        doc: `${kkv.budget.doc} \`none\`: no automatic compression. The default budget applies only to a compressing policy: with \`--policy off\` and no budget given, there is none.`
     },
-    sinks: {
-        group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.sinks,
-        doc: capitalize(keepKvOptionDocs.sinks.doc)
-    },
-    recent: {
-        group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.recent,
-        doc: capitalize(keepKvOptionDocs.recent.doc)
-    },
-    threshold: {
-        group: "keepkv", schema: { type: "number", exclusiveMinimum: 0, maximum: 1 }, default: keepKvDefaults.threshold,
-        doc: capitalize(keepKvOptionDocs.threshold.doc)
-    },
+    sinks: { group: "keepkv", schema: keepKvSchema(kkv.sinks), default: kkv.sinks.default, doc: capitalize(kkv.sinks.doc) },
+    recent: { group: "keepkv", schema: keepKvSchema(kkv.recent), default: kkv.recent.default, doc: capitalize(kkv.recent.doc) },
+    threshold: { group: "keepkv", schema: keepKvSchema(kkv.threshold), default: kkv.threshold.default, doc: capitalize(kkv.threshold.doc) },
     chunk: {
-        group: "keepkv", schema: { type: "integer", minimum: 0 }, default: keepKvDefaults.chunk,
-        defaultDoc: "0 (budget/4)",
-        doc: capitalize(keepKvOptionDocs.chunk.doc)
+        group: "keepkv", schema: keepKvSchema(kkv.chunk), default: kkv.chunk.default,
+        defaultDoc: `0 (${kkv.chunk.defaultDoc})`,
+        doc: capitalize(kkv.chunk.doc)
     },
-    observed: {
-        group: "keepkv", schema: { type: "integer", minimum: 1 }, default: keepKvDefaults.observed,
-        doc: capitalize(keepKvOptionDocs.observed.doc)
-    },
-    scoreDecay: {
-        group: "keepkv", schema: { type: "number", minimum: 0, exclusiveMaximum: 1 }, default: keepKvDefaults.scoreDecay,
-        doc: capitalize(keepKvOptionDocs.scoreDecay.doc)
-    },
-    queryDecay: {
-        group: "keepkv", schema: { type: "number", minimum: 0, exclusiveMaximum: 1 }, default: keepKvDefaults.queryDecay,
-        doc: capitalize(keepKvOptionDocs.queryDecay.doc)
-    },
+    observed: { group: "keepkv", schema: keepKvSchema(kkv.observed), default: kkv.observed.default, doc: capitalize(kkv.observed.doc) },
+    scoreDecay: { group: "keepkv", schema: keepKvSchema(kkv.scoreDecay), default: kkv.scoreDecay.default, doc: capitalize(kkv.scoreDecay.doc) },
+    queryDecay: { group: "keepkv", schema: keepKvSchema(kkv.queryDecay), default: kkv.queryDecay.default, doc: capitalize(kkv.queryDecay.doc) },
     maxQueue: {
         group: "limits", schema: { type: "integer", minimum: 0 }, default: 64,
         doc: "Requests that may wait for a free sequence; beyond it requests are refused with `queue_full`."

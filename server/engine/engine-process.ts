@@ -3,9 +3,10 @@
 import { LlamaLogLevel } from "node-llama-cpp";
 import { LlamaBuildError, loadPatchedLlama } from "./llama-loader.js";
 import { EngineRuntime, LoadedModel } from "./engine-runtime.js";
-import { monoMs, type FromEngine, type ToEngine } from "./ipc.js";
+import { monoMs, type FromEngine, type ToEngine } from "../protocol/engine-ipc.js";
 import { KeepKvError } from "./keepkv.js";
 import { SequenceStateStore } from "./sequence-state-store.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 const heartbeatMs = 1000;
 
@@ -46,7 +47,7 @@ async function handle(message: ToEngine): Promise<void> {
                 runtime = new EngineRuntime(llama, loaded, send, state);
                 send({ t: "ready", info: runtime.info, stats: await runtime.stats() });
             } catch (err) {
-                send({ t: "init_failed", code: errorCodeOf(err), message: err instanceof Error ? err.message : String(err) });
+                send({ t: "init_failed", code: errorCodeOf(err), message: errorMessage(err) });
                 // give the message time to leave before exiting
                 setTimeout(() => process.exit(1), 50);
             }
@@ -75,7 +76,7 @@ async function handle(message: ToEngine): Promise<void> {
             try {
                 send({ t: "model_loaded", nonce: message.nonce, info: await runtime.stageModel(message.settings) });
             } catch (err) {
-                send({ t: "model_load_failed", nonce: message.nonce, message: err instanceof Error ? err.message : String(err) });
+                send({ t: "model_load_failed", nonce: message.nonce, message: errorMessage(err) });
             }
             return;
         case "activate_model": {

@@ -6,15 +6,15 @@ import { createKeepKvContext, keepKvContextStats, keepKvSequenceStats, type Keep
 import { keepKvVersionOf } from "./llama-loader.js";
 import {
     monoMs, type EngineFinishReason, type EngineModelInfo, type EngineModelSettings, type EngineStatsSnapshot,
-    type FromEngine, type GenerateJob
-} from "./ipc.js";
+    type FromEngine, type GenerateJob, type KvCacheType
+} from "../protocol/engine-ipc.js";
 import { PromptBuilder, type BuiltPrompt } from "./prompt-builder.js";
 import {
     modelIdentity, StateRefusedError, stateSettingsFingerprint, type ModelIdentity, type SequenceStateStore
 } from "./sequence-state-store.js";
 import { StopStringMatcher, TokenTextStream } from "./token-stream.js";
 import type { ErrorCode } from "../protocol/errors.js";
-import type { KvCacheType } from "../config/options.js";
+import { errorMessage } from "../../lib/error-message.js";
 
 function ggmlTypeName(type: KvCacheType): keyof typeof GgmlType {
     return type.toUpperCase() as keyof typeof GgmlType;
@@ -468,7 +468,7 @@ export class EngineRuntime {
             finishReason = "error";
             error = err instanceof JobError
                 ? { code: err.code, message: err.message }
-                : { code: "internal_error", message: `generation failed: ${err instanceof Error ? err.message : String(err)}` };
+                : { code: "internal_error", message: `generation failed: ${errorMessage(err)}` };
         } finally {
             this.jobs.delete(job.job);
         }

@@ -1,178 +1,30 @@
-// The typed TypeScript face of KeepKV: options (declared, documented and validated here, once), context
-// creation with a policy and a per-sequence KV budget, explicit compression and statistics.
+// The typed TypeScript face of KeepKV: context creation with a policy and a per-sequence KV budget, explicit
+// compression and statistics. The options are declared and validated in lib/keepkv-options.ts (re-exported
+// here), so that the parent process checks them without loading the native addon.
 //
 // The operations that change or read the cells take node-llama-cpp's own context lock, so they never run while
 // a batch of that context is being decoded. The statistics do not: the native side answers them between the
 // workers that use the memory (see keepKvReadStats in the node-llama-cpp patches).
 import type { LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaModel } from "node-llama-cpp";
 import {
+    KeepKvError, keepKvPolicies, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
+    type KeepKvPolicy, type KeepKvSelection, type KeepKvSettings, type KeepKvVariant
+} from "../../lib/keepkv-options.js";
+import type { KeepKvContextStats, KeepKvSequenceStats } from "../protocol/engine-ipc.js";
+import {
     keepKvVersionOf, nativeKeepKvOf, nativeSequenceIdOf, underContextLock,
     type NativeContextStats, type NativeKeepKv, type NativeSequenceStats
 } from "./native-context.js";
+import { errorMessage } from "../../lib/error-message.js";
 
-export const keepKvPolicies = ["off", "window", "evict", "merge-naive", "keepkv"] as const;
-export type KeepKvPolicy = typeof keepKvPolicies[number];
-
-export const keepKvVariants = ["paper", "votes", "key"] as const;
-export type KeepKvVariant = typeof keepKvVariants[number];
-
-export const keepKvSelections = ["policy", "score", "recency"] as const;
-export type KeepKvSelection = typeof keepKvSelections[number];
-
-export type KeepKvErrorCode =
-    | "KEEPKV_INVALID_OPTION"
-    | "KEEPKV_UNSUPPORTED_MODEL"
-    | "KEEPKV_NOT_PATCHED"
-    | "KEEPKV_NOT_ENABLED"
-    | "KEEPKV_FAILED";
-
-export class KeepKvError extends Error {
-    constructor(readonly code: KeepKvErrorCode, message: string, readonly option?: string) {
-        super(message);
-        this.name = "KeepKvError";
-    }
-}
-
-/** What a user sets. Every field is optional; `resolveKeepKvSettings` fills the defaults and validates. */
-export type KeepKvOptions = {
-    /** Compression policy. "off" is vanilla llama.cpp: nothing allocated, nothing computed. */
-    policy?: KeepKvPolicy,
-    /** How the "keepkv" policy places a merged key (all are exact for the representative query). */
-    variant?: KeepKvVariant,
-    /** Which cells leave: "policy" (recency for window, score for the others), "score" or "recency". */
-    selection?: KeepKvSelection,
-    /**
-     * KV budget per sequence: an integer number of cells (>= 2), or a fraction in (0, 1] of the logical
-     * context size. null: no automatic compression (explicit compression only).
-     */
-    budget?: number | null,
-    /** First cells of a sequence that never leave the cache (attention sinks). */
-    sinks?: number,
-    /** Last cells of a sequence that never leave the cache. */
-    recent?: number,
-    /** Cosine similarity of keys below which a leaving cell is evicted instead of merged, in (0, 1]. */
-    threshold?: number,
-    /** Cells removed at least per automatic compression; 0 = budget/4. Larger: fewer, bigger compressions. */
-    chunk?: number,
-    /** Queries per sequence and batch observed to score the cells (the last ones). */
-    observed?: number,
-    /** Decay of the exponential moving average of the scores, per batch, in [0, 1). */
-    scoreDecay?: number,
-    /** Decay of the representative query's moving average, in [0, 1); 0 = the last query. */
-    queryDecay?: number,
-    /**
-     * One KV stream shared by all sequences of the context instead of one per sequence. With per-sequence
-     * streams (the default) a token attends only its own sequence's cells.
-     */
-    unifiedKvCache?: boolean
+export {
+    KeepKvError, keepKvPolicies, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
+    type KeepKvPolicy, type KeepKvSelection, type KeepKvSettings, type KeepKvVariant
 };
-
-export type KeepKvSettings = Required<Omit<KeepKvOptions, "budget">> & {
-    /** the budget in cells per sequence, or null */
-    budgetCells: number | null
-};
-
-/** One declaration per option: the default, the unit and what it costs. The README table is checked against it. */
-export const keepKvOptionDocs: Record<keyof KeepKvOptions, { default: string, doc: string }> = {
-    policy: { default: "keepkv", doc: "off, window (StreamingLLM), evict (H2O/SnapKV), merge-naive (convex merge, votes summed), keepkv (votes + ZIP merge). off allocates nothing and adds no work." },
-    selection: { default: "policy", doc: "which cells leave: the policy's own (recency for window, attention score for evict, merge-naive and keepkv), score (the least attended, H2O) or recency (the oldest, StreamingLLM); merging policies merge whichever leave." },
-    variant: { default: "key", doc: "ZIP merge variant of the keepkv policy: paper (k = C sum w k, guarded), votes (convex key, the vote absorbs the mass), key (convex key moved along the query)." },
-    budget: { default: "none", doc: "KV cells per sequence (integer) or fraction of the context (0-1]. The cache allocates the budget per sequence and compresses a sequence before a batch would take it over; batches are cut to a chunk (at most budget - sinks - recent tokens), so that each compression chooses what leaves." },
-    sinks: { default: "4", doc: "first cells of a sequence that never leave (attention sinks)." },
-    recent: { default: "32", doc: "last cells of a sequence that never leave." },
-    threshold: { default: "0.8", doc: "cosine similarity below which a leaving cell is evicted instead of merged." },
-    chunk: { default: "budget/4", doc: "cells removed at least per automatic compression: larger means fewer compressions, each bigger, and a cache that runs further below its budget." },
-    observed: { default: "8", doc: "last queries of each sequence per batch that score the cells (cost: one extra K·q product of this many rows per layer)." },
-    scoreDecay: { default: "0.9", doc: "decay of the attention-score moving average, per batch." },
-    queryDecay: { default: "0", doc: "decay of the representative query's moving average; 0 = the last query, for which merges are exact." },
-    unifiedKvCache: { default: "false", doc: "one KV stream for all sequences (llama.cpp's kv_unified) instead of one per sequence: every token then attends over all sequences' cells (masked)." }
-};
-
-export const keepKvDefaults = {
-    policy: "keepkv",
-    variant: "key",
-    selection: "policy",
-    budget: null,
-    sinks: 4,
-    recent: 32,
-    threshold: 0.8,
-    chunk: 0,
-    observed: 8,
-    scoreDecay: 0.9,
-    queryDecay: 0,
-    unifiedKvCache: false
-} as const satisfies KeepKvOptions;
-
-function invalid(option: string, message: string): KeepKvError {
-    return new KeepKvError("KEEPKV_INVALID_OPTION", `invalid KeepKV option "${option}": ${message}`, option);
-}
+export type { KeepKvContextStats, KeepKvSequenceStats };
 
 function isInt(value: unknown): value is number {
     return typeof value === "number" && Number.isInteger(value);
-}
-
-function intOption(options: KeepKvOptions, name: "sinks" | "recent" | "chunk" | "observed", min: number): number {
-    const value = options[name] ?? keepKvDefaults[name];
-    if (!isInt(value) || value < min)
-        throw invalid(name, `must be an integer >= ${min}, got ${String(value)}`);
-    return value;
-}
-
-function unitOption(options: KeepKvOptions, name: "scoreDecay" | "queryDecay"): number {
-    const value = options[name] ?? keepKvDefaults[name];
-    if (typeof value !== "number" || !(value >= 0 && value < 1))
-        throw invalid(name, `must be in [0, 1), got ${String(value)}`);
-    return value;
-}
-
-/**
- * Fills defaults and validates. `contextSize` is the logical context per sequence: a budget must fit in
- * it and hold the sinks and the recent window plus one more cell.
- */
-export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: number): KeepKvSettings {
-    const policy = options.policy ?? keepKvDefaults.policy;
-    if (!(keepKvPolicies as readonly string[]).includes(policy))
-        throw invalid("policy", `unknown policy ${JSON.stringify(policy)}; use one of ${keepKvPolicies.join(", ")}`);
-    const variant = options.variant ?? keepKvDefaults.variant;
-    if (!(keepKvVariants as readonly string[]).includes(variant))
-        throw invalid("variant", `unknown variant ${JSON.stringify(variant)}; use one of ${keepKvVariants.join(", ")}`);
-    const selection = options.selection ?? keepKvDefaults.selection;
-    if (!(keepKvSelections as readonly string[]).includes(selection))
-        throw invalid("selection", `unknown selection ${JSON.stringify(selection)}; use one of ${keepKvSelections.join(", ")}`);
-    const sinks = intOption(options, "sinks", 0);
-    const recent = intOption(options, "recent", 0);
-    const chunk = intOption(options, "chunk", 0);
-    const observed = intOption(options, "observed", 1);
-    const scoreDecay = unitOption(options, "scoreDecay");
-    const queryDecay = unitOption(options, "queryDecay");
-    const unifiedKvCache = options.unifiedKvCache ?? keepKvDefaults.unifiedKvCache;
-    if (typeof unifiedKvCache !== "boolean")
-        throw invalid("unifiedKvCache", `must be true or false, got ${String(unifiedKvCache)}`);
-    const threshold = options.threshold ?? keepKvDefaults.threshold;
-    if (typeof threshold !== "number" || !(threshold > 0 && threshold <= 1))
-        throw invalid("threshold", `must be in (0, 1], got ${String(threshold)}`);
-
-    let budgetCells: number | null = null;
-    const budget = options.budget ?? keepKvDefaults.budget;
-    if (budget != null) {
-        if (typeof budget !== "number" || !Number.isFinite(budget) || budget <= 0)
-            throw invalid("budget", `must be a number of cells (integer >= 2) or a fraction in (0, 1], got ${String(budget)}`);
-        if (budget <= 1)
-            budgetCells = Math.floor(budget * contextSize);
-        else if (isInt(budget))
-            budgetCells = budget;
-        else
-            throw invalid("budget", `a budget above 1 is a number of cells and must be an integer, got ${budget}`);
-        if (policy === "off")
-            throw invalid("budget", "a budget needs a compression policy; the policy is \"off\"");
-        if (budgetCells > contextSize)
-            throw invalid("budget", `${budgetCells} cells is more than the logical context of a sequence (${contextSize})`);
-        if (budgetCells < sinks + recent + 1)
-            throw invalid("budget", `${budgetCells} cells cannot hold the ${sinks} sinks and the ${recent} recent cells plus one more`);
-        if (chunk > budgetCells - sinks - recent)
-            throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
-    }
-    return { policy, variant, selection, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }
 
 /**
@@ -252,7 +104,7 @@ export async function createKeepKvContext(model: LlamaModel, options: KeepKvCont
             keepKv: toAddonParams(settings)
         });
     } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
+        const message = errorMessage(err);
         if (message.startsWith("KeepKV: "))
             throw new KeepKvError(unsupportedModel.test(message) ? "KEEPKV_UNSUPPORTED_MODEL" : "KEEPKV_INVALID_OPTION", message);
         throw err;
@@ -284,7 +136,7 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
             return await nativeOf(sequence.context).keepKvCompress(nativeSequenceIdOf(sequence),
                 typeof what === "number" ? what : Int32Array.from(what));
         } catch (err) {
-            throw new KeepKvError("KEEPKV_FAILED", err instanceof Error ? err.message : String(err));
+            throw new KeepKvError("KEEPKV_FAILED", errorMessage(err));
         }
     });
 }
@@ -320,54 +172,6 @@ export async function cellPositions(sequence: LlamaContextSequence): Promise<num
     return await underContextLock(sequence.context, () =>
         Array.from(nativeOf(sequence.context).keepKvGetCellPositions(nativeSequenceIdOf(sequence)) ?? []));
 }
-
-export type KeepKvSequenceStats = {
-    sequenceId: number,
-    /** tokens the sequence has seen (its next position) */
-    logicalTokens: number,
-    /** KV cells the sequence holds now */
-    cellsUsed: number,
-    /** its budget in cells, or null when there is none */
-    budget: number | null,
-    /** physical cells available to it (its stream) */
-    capacity: number,
-    /** K/V bytes its cells occupy */
-    kvBytesUsed: number,
-    /** cells that left by compression */
-    cellsRemoved: number,
-    /** leaving cells merged into a retained cell, in cell equivalents (merged layer-head slots / slots per cell) */
-    merges: number,
-    /** leaving cells dropped without a merge, in cell equivalents */
-    evictions: number,
-    /** compression events */
-    compressions: number,
-    /** time spent compressing, seconds */
-    compressionSeconds: number,
-    /** largest vote of any of its cells, layers and heads (1 for an uncompressed sequence) */
-    voteMax: number,
-    /** mean vote over its cells, layers and heads */
-    voteMean: number
-};
-
-export type KeepKvContextStats = {
-    policy: KeepKvPolicy,
-    /** physical KV cells of the context (all streams) */
-    capacityCells: number,
-    /** K/V bytes allocated */
-    kvBytesAllocated: number,
-    /** K/V bytes in use by cells that hold tokens */
-    kvBytesUsed: number,
-    /** K/V bytes a full cache of the logical context would allocate */
-    kvBytesFull: number,
-    /** bytes of the votes, scores and representative queries */
-    keepKvBytes: number,
-    cellsRemoved: number,
-    merges: number,
-    evictions: number,
-    compressions: number,
-    compressionSeconds: number,
-    sequences: KeepKvSequenceStats[]
-};
 
 function toSequenceStats(sequence: LlamaContextSequence, native: NativeSequenceStats | null, context: NativeContextStats | null): KeepKvSequenceStats {
     const slotsPerCell = context?.slotsPerCell ?? 0;

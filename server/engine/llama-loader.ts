@@ -3,9 +3,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { getLlama, Llama, LlamaLogLevel } from "node-llama-cpp";
-import { buildInputsOf } from "../../scripts/build-llama.js";
-import { BuildManifest, buildDigest, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../scripts/lib/build-key.js";
-import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../scripts/lib/paths.js";
+import { BuildManifest, buildDigest, buildInputsOf, computeBuildInputs, computeBuildKey, readBuildManifest } from "../../lib/build-key.js";
+import { nlcLocalBuildsDir, vanillaBuildManifestPath } from "../../lib/paths.js";
+import { errorMessage } from "../../lib/error-message.js";
 import { keepKvVersionOf } from "./native-context.js";
 
 export type LlamaBuildErrorCode =
@@ -58,7 +58,7 @@ async function getLocalBuild(manifest: BuildManifest, opts: LoadOptions, failure
             logLevel: opts.logLevel ?? LlamaLogLevel.error
         });
     } catch (err) {
-        throw failure(err instanceof Error ? err.message : String(err));
+        throw failure(errorMessage(err));
     }
 }
 
@@ -114,7 +114,7 @@ export async function loadVanillaLlama(opts: LoadOptions = {}): Promise<Llama> {
         });
     } catch (err) {
         throw new LlamaBuildError("VANILLA_UNAVAILABLE",
-            `node-llama-cpp's prebuilt CPU binary could not be loaded: ${err instanceof Error ? err.message : String(err)}`);
+            `node-llama-cpp's prebuilt CPU binary could not be loaded: ${errorMessage(err)}`);
     }
     if (llama.buildType !== "prebuilt" || keepKvVersionOf(llama) != null) {
         await llama.dispose();

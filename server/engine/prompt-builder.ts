@@ -12,7 +12,7 @@ import {
     GeneralChatWrapper, LlamaText, resolveChatWrapper,
     type ChatHistoryItem, type ChatWrapper, type LlamaModel, type Token
 } from "node-llama-cpp";
-import type { ChatTemplateMode } from "../config/options.js";
+import type { ChatTemplateMode } from "../protocol/engine-ipc.js";
 import type { ChatMessage } from "../protocol/ws-messages.js";
 
 export type BuiltPrompt = {

@@ -6,23 +6,11 @@ import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { LlamaContextSequence, Token } from "node-llama-cpp";
-import type { EngineModelSettings } from "./ipc.js";
+import type { EngineModelSettings, StateEvent, StateRefusal, StateStoreOptions } from "../protocol/engine-ipc.js";
 import { resolveKeepKvSettings } from "./keepkv.js";
-
-/** What the server configures (--state-dir, --state-max-mb, --state-save-idle). */
-export type StateStoreOptions = {
-    dir: string,
-    maxBytes: number,
-    /** how long a conversation stays idle before its state is written */
-    saveIdleMs: number
-};
 
 /** Bump when the manifest or the meaning of the state file changes: older files are then refused. */
 export const stateFormatVersion = 1;
-
-/** Why a saved state is refused: the metric's label, so a short fixed list. */
-export const stateRefusals = ["unreadable", "version", "model", "settings", "checksum", "tokens", "load_failed"] as const;
-export type StateRefusal = typeof stateRefusals[number];
 
 export type ModelIdentity = { path: string, size: number, mtimeMs: number };
 
@@ -42,14 +30,6 @@ type Manifest = {
 };
 
 export type StoredState = { manifest: Manifest, statePath: string };
-
-export type StateEvent =
-    | { event: "saved", bytes: number }
-    | { event: "removed", bytes: number }
-    | { event: "restored" }
-    | { event: "miss" }
-    | { event: "refused", reason: StateRefusal, message: string }
-    | { event: "save_failed", message: string };
 
 export function modelIdentity(modelPath: string): ModelIdentity {
     const stat = fs.statSync(modelPath);

@@ -2,8 +2,8 @@
 // Thin: each route asks the scheduler, the engine supervisor or the catalog, and answers.
 import express, { type NextFunction, type Request, type Response } from "express";
 import type { ServerConfig } from "../config/options.js";
-import { StatsCache } from "../engine/stats-cache.js";
-import type { EngineSupervisor } from "../engine/supervisor.js";
+import { StatsCache } from "../supervisor/stats-cache.js";
+import type { EngineSupervisor } from "../supervisor/supervisor.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import type { ModelCatalog } from "../models/model-catalog.js";
 import type { ModelSwitcher } from "../models/model-switcher.js";
@@ -213,7 +213,7 @@ export function createApp(deps: AppDeps): express.Express {
         return principal.role === "admin" || slot.owner === principal.name ? slot.conversation : null;
     };
 
-    // both read through one cache (engine/stats-cache.ts): polling either cannot starve the engine
+    // both read through one cache (supervisor/stats-cache.ts): polling either cannot starve the engine
     const stats = new StatsCache((timeoutMs) => {
         metrics.engineStatsRead();
         return engine.stats(timeoutMs);

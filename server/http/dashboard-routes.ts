@@ -5,9 +5,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { Express, Request, Response, Router } from "express";
-import { repoRoot } from "../../scripts/lib/paths.js";
+import { repoRoot } from "../../lib/paths.js";
 import type { ServerConfig } from "../config/options.js";
-import type { EngineSupervisor } from "../engine/supervisor.js";
+import type { EngineSupervisor } from "../supervisor/supervisor.js";
 import type { ServingConfig } from "../protocol/http-messages.js";
 import type { Scheduler } from "../scheduler/scheduler.js";
 

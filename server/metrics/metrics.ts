@@ -2,9 +2,7 @@
 // the keepkv_ prefix (no colons, base units, _total on counters); the rest of the server only calls the
 // methods below. Counters only ever increase: nothing here resets on scrape or on an engine restart.
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
-import type { FromEngine } from "../engine/ipc.js";
-import type { KeepKvContextStats } from "../engine/keepkv.js";
-import { stateRefusals } from "../engine/sequence-state-store.js";
+import { stateRefusals, type FromEngine, type KeepKvContextStats } from "../protocol/engine-ipc.js";
 import { errorCodes } from "../protocol/errors.js";
 
 const ttftBuckets = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160];

@@ -1,6 +1,6 @@
 // The engine settings of a model under the server configuration.
 import type { ServerConfig } from "../config/options.js";
-import type { EngineModelSettings } from "../engine/ipc.js";
+import type { EngineModelSettings } from "../protocol/engine-ipc.js";
 
 /** contextSize 0 means the model's training context, capped here to keep memory modest */
 export const autoContextCap = 8192;

@@ -9,7 +9,7 @@ import type { ModelFileErrorCode } from "../protocol/model-file-errors.js";
 import { quote, type GgufHeader, type GgufScalar, type GgufValue } from "./gguf-header.js";
 import { GgufInspector, type HeaderReport } from "./gguf-inspector.js";
 
-/** What the memory estimate needs from the header (engine/memory-estimate.ts). */
+/** What the memory estimate needs from the header (supervisor/memory-estimate.ts). */
 export type ModelShape = {
     embeddingLength: number | null,
     blockCount: number | null,

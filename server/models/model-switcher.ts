@@ -2,10 +2,10 @@
 // loaded beside the old one in the engine; only when it loaded are running requests drained and the
 // models swapped. Any failure leaves the previous model serving.
 import type { ServerConfig } from "../config/options.js";
-import { resolveKeepKvSettings } from "../engine/keepkv.js";
-import { checkMemory } from "../engine/memory-estimate.js";
-import type { EngineModelInfo, EngineModelSettings } from "../engine/ipc.js";
-import type { EngineSupervisor } from "../engine/supervisor.js";
+import { resolveKeepKvSettings } from "../../lib/keepkv-options.js";
+import { checkMemory } from "../supervisor/memory-estimate.js";
+import type { EngineModelInfo, EngineModelSettings } from "../protocol/engine-ipc.js";
+import type { EngineSupervisor } from "../supervisor/supervisor.js";
 import type { Logger } from "../logger.js";
 import type { ServerMetrics } from "../metrics/metrics.js";
 import { ApiError } from "../protocol/errors.js";

@@ -1,5 +1,6 @@
 // Error codes that clients may rely on, shared by the WebSocket and HTTP APIs. Each code has a fixed
 // HTTP status and OpenAI error type; the message is for humans and may change.
+import { errorMessage } from "../../lib/error-message.js";
 
 export const errorCodes = {
     invalid_json: { status: 400, type: "invalid_request_error", doc: "The message or body is not valid JSON." },
@@ -47,7 +48,7 @@ export type WireError = { code: ErrorCode, message: string };
 export function toWireError(err: unknown): WireError {
     if (err instanceof ApiError)
         return { code: err.code, message: err.message };
-    return { code: "internal_error", message: err instanceof Error ? err.message : String(err) };
+    return { code: "internal_error", message: errorMessage(err) };
 }
 
 /**

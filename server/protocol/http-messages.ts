@@ -1,7 +1,7 @@
 // Wire types of the HTTP API's own routes (health, readiness, slots, KV statistics, models,
 // conversations, admin, dashboard config), beside the WebSocket ones (./ws-messages.ts). The OpenAI
 // routes answer in OpenAI's shapes, and every error in the one shape of ./errors.ts.
-import type { EngineModelInfo } from "../engine/ipc.js";
+import type { EngineModelInfo } from "./engine-ipc.js";
 import type { ModelFileErrorCode } from "./model-file-errors.js";
 import type { WireSequenceKv } from "./ws-messages.js";
 

@@ -1,6 +1,6 @@
 // The one mapping of the engine's KV statistics to the wire, for the final message of a request
 // (WebSocket and OpenAI) and for GET /v1/kv: both show a sequence with the same names.
-import type { KeepKvContextStats, KeepKvSequenceStats } from "../engine/keepkv.js";
+import type { KeepKvContextStats, KeepKvSequenceStats } from "./engine-ipc.js";
 import type { KvResponse, KvSequenceEntry } from "./http-messages.js";
 import type { WireKvStats, WireSequenceKv } from "./ws-messages.js";
 

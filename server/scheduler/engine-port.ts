@@ -2,7 +2,7 @@
 // drives an EnginePort (jobs, cancels, releases) and hears back through an EngineListener. The
 // supervisor implements the port with a child process; the unit tests implement it with a fake, so the
 // scheduler's queue and slot logic runs without a model.
-import type { EngineModelInfo, EngineStatsSnapshot, FromEngine, ToEngine } from "../engine/ipc.js";
+import type { EngineModelInfo, EngineStatsSnapshot, FromEngine, ToEngine } from "../protocol/engine-ipc.js";
 import type { EngineState } from "../protocol/http-messages.js";
 
 export type { EngineState };

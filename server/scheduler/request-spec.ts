@@ -2,7 +2,7 @@
 // in one place (llama-server's defaults).
 import { randomBytes, randomInt } from "node:crypto";
 import type { ChatMessage, SamplingParams } from "../protocol/ws-messages.js";
-import type { SamplingSettings } from "../engine/ipc.js";
+import type { SamplingSettings } from "../protocol/engine-ipc.js";
 import type { RequestSpec } from "./scheduler.js";
 
 export const samplingDefaults = {

@@ -8,7 +8,7 @@ import { wireFinalKv } from "../protocol/kv-wire.js";
 import type { ChatMessage, FinishReason, Timings, Usage, WireKvStats } from "../protocol/ws-messages.js";
 import {
     monoMs, type EngineModelInfo, type EngineStatsSnapshot, type FromEngine, type SamplingSettings
-} from "../engine/ipc.js";
+} from "../protocol/engine-ipc.js";
 import { conversationKey } from "./conversation-key.js";
 import type { EngineExit, EngineListener, EnginePort } from "./engine-port.js";
 import { SlotPool } from "./slot-pool.js";

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { chromium, type BrowserContext, type Page } from "playwright-core";
-import { repoRoot } from "../../scripts/lib/paths.js";
+import { repoRoot } from "../../lib/paths.js";
 
 export const chromiumBinary = process.env.KEEPKV_CHROMIUM ?? "/usr/bin/chromium";
 export const screenshotsDir = path.join(repoRoot, "docs", "screenshots");

@@ -4,7 +4,7 @@
 import * as fs from "node:fs";
 import { createKeepKvContext, setVote } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../../server/engine/llama-loader.js";
-import { corpusPath, testModelPath } from "../../server/engine/model-paths.js";
+import { corpusPath, testModelPath } from "../../lib/model-paths.js";
 import { rawDecodeMany } from "../../bench/lib/raw-decode.js";
 
 const llama = await loadPatchedLlama();

@@ -1,7 +1,7 @@
 // Seeded generators of hostile input for the WebSocket messages and the HTTP bodies: random and mutated
 // JSON, deep nesting, huge strings and arrays, wrong types, prototype names, invalid UTF-8, binary
-// frames. Reproducible: the same seed gives the same cases. Used by test/fuzz.test.ts and test/helpers/gguf-fuzz.ts.
-import { seededRandom } from "../../scripts/lib/seeded-random.js";
+// frames. Reproducible: the same seed gives the same cases. Used by test/e2e/fuzz.test.ts and test/helpers/gguf-fuzz.ts.
+import { seededRandom } from "../../lib/seeded-random.js";
 
 export class Rng {
     /** mulberry32, the project's one seeded generator */

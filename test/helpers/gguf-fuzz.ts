@@ -1,4 +1,4 @@
-// Seeded generators of hostile GGUF headers, for test/gguf-hostile.test.ts: the headers of the real fixtures
+// Seeded generators of hostile GGUF headers, for test/e2e/gguf-hostile.test.ts: the headers of the real fixtures
 // mutated (bytes flipped, counts, lengths, types and offsets set to extremes), cut short, given a wrong magic
 // or version; and headers crafted from scratch with huge counts and lengths, bad and nested types, empty and
 // duplicate keys, prototype names, bad tensor shapes, types and offsets. Reproducible: the same seed gives

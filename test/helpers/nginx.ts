@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { repoRoot } from "../../scripts/lib/paths.js";
+import { repoRoot } from "../../lib/paths.js";
 import { freePort } from "./free-port.js";
 
 export const nginxBinary = process.env.KEEPKV_NGINX ?? "/usr/sbin/nginx";

@@ -1,5 +1,5 @@
 // The real server for the tests: bench/lib/server-process.ts, with the test defaults.
-import { testModelPath } from "../../server/engine/model-paths.js";
+import { testModelPath } from "../../lib/model-paths.js";
 import { startServer as startAnyServer, type ServerHandle, type StartOptions as BaseOptions } from "../../bench/lib/server-process.js";
 
 export { httpJson, serverEntry, waitFor, waitForHealth, type Exit, type ServerHandle } from "../../bench/lib/server-process.js";

@@ -1,6 +1,6 @@
 // The cached default chat model (SmolLM2-135M-Instruct) for the SmolLM2 tests and checks, and the server
 // arguments that serve it at its 8k context.
-import { defaultModelPath, requireFile } from "../../server/engine/model-paths.js";
+import { defaultModelPath, requireFile } from "../../lib/model-paths.js";
 
 export const smolModelPath = () => requireFile(defaultModelPath(), "SmolLM2-135M-Instruct", "KEEPKV_MODEL (or run npm run model:pull)");
 

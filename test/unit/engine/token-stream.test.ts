@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import type { Llama, LlamaModel, Token } from "node-llama-cpp";
 import { loadPatchedLlama } from "../../../server/engine/llama-loader.js";
-import { requireFile, testModelPath } from "../../../server/engine/model-paths.js";
+import { requireFile, testModelPath } from "../../../lib/model-paths.js";
 import { StopStringMatcher, TokenTextStream } from "../../../server/engine/token-stream.js";
 
 describe("TokenTextStream (stories3M tokenizer)", function () {

@@ -1,7 +1,7 @@
 // The one mapping of the engine's KV statistics to the wire: a final's `kv` and GET /v1/kv name a
 // sequence's numbers alike. Compared as JSON text, so that the order of the keys is checked too.
 import assert from "node:assert/strict";
-import type { KeepKvContextStats, KeepKvSequenceStats } from "../../../server/engine/keepkv.js";
+import type { KeepKvContextStats, KeepKvSequenceStats } from "../../../server/protocol/engine-ipc.js";
 import { wireFinalKv, wireKvResponse } from "../../../server/protocol/kv-wire.js";
 
 function sequence(sequenceId: number): KeepKvSequenceStats {

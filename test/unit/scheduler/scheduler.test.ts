@@ -1,8 +1,8 @@
 // The scheduler driven by a fake engine: the real queue, slot pool, cancellation and engine-loss logic,
 // with the engine's side of the IPC played by the test (the end-to-end tests run the real engine).
 import assert from "node:assert/strict";
-import type { EngineModelInfo, EngineStatsSnapshot, GenerateJob } from "../../../server/engine/ipc.js";
-import type { KeepKvSequenceStats } from "../../../server/engine/keepkv.js";
+import type { EngineModelInfo, EngineStatsSnapshot, GenerateJob } from "../../../server/protocol/engine-ipc.js";
+import type { KeepKvSequenceStats } from "../../../server/protocol/engine-ipc.js";
 import { Logger } from "../../../server/logger.js";
 import { ServerMetrics } from "../../../server/metrics/metrics.js";
 import { ApiError } from "../../../server/protocol/errors.js";

@@ -1,7 +1,7 @@
 // The engine's stderr as the supervisor keeps it: lines across chunks, the tail reported with an exit,
 // the lines since a mark, and the reason appended to a failed load's message.
 import assert from "node:assert/strict";
-import { LineSplitter, StderrLog, withStderrReason } from "../../../server/engine/engine-stderr.js";
+import { LineSplitter, StderrLog, withStderrReason } from "../../../server/supervisor/engine-stderr.js";
 
 describe("engine stderr", function () {
     it("splits chunks into complete, non-blank lines, keeping a partial line for the next chunk", function () {

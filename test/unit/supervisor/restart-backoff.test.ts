@@ -1,7 +1,7 @@
 // The supervisor's restart delays: 0.5 s doubling up to 30 s, reset after a minute of good service
 // (docs/server.md, "Engine supervision").
 import assert from "node:assert/strict";
-import { RestartBackoff } from "../../../server/engine/restart-backoff.js";
+import { RestartBackoff } from "../../../server/supervisor/restart-backoff.js";
 
 const policy = { initialMs: 500, maxMs: 30_000, stableAfterMs: 60_000 };
 
