@@ -11,7 +11,7 @@ export const errorCodes = {
     not_found: { status: 404, type: "not_found_error", doc: "`cancel` of an id that is not in flight, or an unknown route." },
     prompt_too_long: { status: 400, type: "invalid_request_error", doc: "The prompt has more tokens than the context (or `max-prompt-tokens`) allows." },
     unauthorized: { status: 401, type: "authentication_error", doc: "Missing or wrong bearer token." },
-    forbidden: { status: 403, type: "permission_error", doc: "The key is valid but its role may not use this endpoint: `/admin/*` takes admin keys, `/metrics` metrics and admin keys, the rest of the API user and admin keys." },
+    forbidden: { status: 403, type: "permission_error", doc: "The key is valid but its role may not use this endpoint: `/admin/*` takes admin keys, `/metrics` metrics and admin keys, the rest of the API user and admin keys. On a WebSocket, also an `auth` with another principal's key than the one the socket is authenticated as (nothing changes)." },
     forbidden_origin: { status: 403, type: "permission_error", doc: "The browser Origin is not in `allowed-origins`." },
     forbidden_host: { status: 403, type: "permission_error", doc: "The Host header names neither this machine nor an `allowed-hosts` entry (DNS rebinding protection)." },
     model_not_found: { status: 404, type: "invalid_request_error", doc: "No such model in the models directory." },

@@ -206,6 +206,13 @@ export class WsSession {
                 this.refuse(`the key "${principal.name}" (role metrics) may read /metrics only`, "forbidden");
                 return;
             }
+            // a socket belongs to the principal that authenticated it: its requests, conversations and
+            // allowance; switching keys on one socket would mix two principals' requests on it
+            if (this.principal != null && this.principal.name !== principal.name) {
+                this.sendError(null, "forbidden", `this connection is authenticated as "${this.principal.name}"; open another connection for the key "${principal.name}"`);
+                this.metrics.requestRefused("forbidden");
+                return;
+            }
             this.principal = principal;
         }
         if (this.authTimer != null)

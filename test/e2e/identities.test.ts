@@ -154,6 +154,29 @@ describe("identities: keys, roles and conversations of their own", function () {
         }
     });
 
+    it("WebSocket: an auth with another principal's key on an authenticated socket is refused (forbidden) and changes nothing: its requests stay the first principal's", async function () {
+        const page = await WsTestClient.connect(server.wsUrl, { headers: { Origin: server.url } });
+        const ok = page.next((m) => m.type === "auth_ok");
+        page.send({ type: "auth", token: keys.alice });
+        await ok;
+        const again = page.next((m) => m.type === "auth_ok");
+        page.send({ type: "auth", token: keys.alice });
+        await again;
+        const refusal = page.nextError(null);
+        page.send({ type: "auth", token: keys.bob });
+        const refused = await refusal;
+        assert.equal(refused.code, "forbidden");
+        assert.match(refused.message, /authenticated as "alice"/);
+        const id = "alice-socket-after-bob-auth-3";
+        const final = await page.chat({ prompt: story, max_tokens: 3, conversation_id: id }).done;
+        assert.equal(final.type, "final", JSON.stringify(final));
+        const slots = async (key: string) => JSON.stringify((await httpJson(`${server.url}/slots`, { headers: bearer(key) })).body);
+        assert.ok((await slots(keys.alice)).includes(id), "the conversation is alice's");
+        assert.ok(!(await slots(keys.bob)).includes(id), "and not bob's");
+        assert.deepEqual(page.schemaViolations, []);
+        await page.close();
+    });
+
     it("/slots and /v1/kv show a conversation id only to its owner and to admin keys; /metrics never shows one", async function () {
         const id = "alice-private-conversation-7";
         await complete(server, keys.alice, { prompt: story, conversation_id: id });
