@@ -8,11 +8,13 @@
  * @typedef {import("../server/protocol/ws-messages.js").WsChatMessage} WsChatMessage
  * @typedef {import("../server/protocol/ws-messages.js").WsStartMessage} WsStartMessage
  * @typedef {import("../server/protocol/ws-messages.js").WsDeltaMessage} WsDeltaMessage
+ * @typedef {import("../server/protocol/ws-messages.js").WsProgressMessage} WsProgressMessage
  * @typedef {import("../server/protocol/ws-messages.js").WsFinalMessage} WsFinalMessage
  * @typedef {import("../server/protocol/ws-messages.js").WsErrorMessage} WsErrorMessage
  * @typedef {"connecting" | "open" | "auth_required" | "auth_failed" | "closed"} ConnectionState
  * @typedef {{
  *   onStart?: (m: WsStartMessage) => void,
+ *   onProgress?: (m: WsProgressMessage) => void,
  *   onDelta?: (m: WsDeltaMessage) => void,
  *   onFinal?: (m: WsFinalMessage) => void,
  *   onError?: (m: { code: string, message: string }) => void
@@ -139,6 +141,9 @@ export class ChatSocket {
                 return;
             case "start":
                 this.inFlight.get(m.id)?.onStart?.(m);
+                return;
+            case "progress":
+                this.inFlight.get(m.id)?.onProgress?.(m);
                 return;
             case "delta":
                 this.inFlight.get(m.id)?.onDelta?.(m);

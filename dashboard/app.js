@@ -165,6 +165,11 @@ function send() {
         ...(Number.isInteger(maxTokens) && maxTokens > 0 ? { max_tokens: maxTokens } : {}),
         ...(Number.isFinite(temperature) && temperature >= 0 ? { temperature } : {})
     }, {
+        // a long prompt: how far its evaluation is, until the first words arrive
+        onProgress: (m) => {
+            if (reply === "")
+                body.textContent = `reading the prompt: ${m.evaluated_tokens} of ${m.prompt_tokens} tokens`;
+        },
         onDelta: (m) => {
             reply += m.text;
             body.textContent = reply;

@@ -102,6 +102,11 @@ function handle(req: Request, res: Response, kind: Kind, scheduler: Scheduler, m
     let request: ScheduledRequest;
     try {
         request = scheduler.submit(spec, {
+            // a comment line, which SSE clients ignore: the stream shows life while a long prompt is evaluated
+            onProgress: (evaluated, total) => {
+                if (stream && !ended && res.writableLength <= maxBufferedBytes)
+                    res.write(`: prompt ${evaluated}/${total}\n\n`);
+            },
             onDelta: (delta) => {
                 if (ended)
                     return;

@@ -159,6 +159,14 @@ const serverMessages: Record<string, Schema> = {
         },
         required: ["type", "id", "model", "conversation_id", "created", "queue_position"], additionalProperties: false
     },
+    progress: {
+        type: "object",
+        properties: {
+            type: { const: "progress" }, id: idSchema, evaluated_tokens: { type: "integer", minimum: 0 },
+            prompt_tokens: { type: "integer", minimum: 0 }
+        },
+        required: ["type", "id", "evaluated_tokens", "prompt_tokens"], additionalProperties: false
+    },
     delta: {
         type: "object",
         properties: {

@@ -114,6 +114,18 @@ export type WsDeltaMessage = {
      *  was held back from tokens already counted, e.g. a possible stop string that did not match) */
     tokens: number
 };
+/**
+ * How far the evaluation of a long prompt is: sent after each batch of the prompt but the last (a prompt
+ * of one batch sends none), before the first delta. Advisory: skipped while the socket is backed up.
+ */
+export type WsProgressMessage = {
+    type: "progress",
+    id: string,
+    /** prompt tokens evaluated so far, counting those the conversation's cache already held */
+    evaluated_tokens: number,
+    /** tokens of the whole prompt */
+    prompt_tokens: number
+};
 export type WsFinalMessage = {
     type: "final",
     id: string,
@@ -134,5 +146,5 @@ export type WsErrorMessage = {
 export type WsPongMessage = { type: "pong", id: string | null };
 export type WsConversationMessage = { type: "conversation", id: string | null, conversation_id: string };
 export type WsAuthOkMessage = { type: "auth_ok" };
-export type WsServerMessage = WsHelloMessage | WsStartMessage | WsDeltaMessage | WsFinalMessage | WsErrorMessage | WsPongMessage | WsAuthOkMessage
+export type WsServerMessage = WsHelloMessage | WsStartMessage | WsProgressMessage | WsDeltaMessage | WsFinalMessage | WsErrorMessage | WsPongMessage | WsAuthOkMessage
     | WsConversationMessage;

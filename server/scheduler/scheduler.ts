@@ -35,6 +35,8 @@ export type FinalResult = {
 export interface RequestSink {
     /** the engine began the request (after the queue); */
     onRunning?(promptTokens: number, cachedTokens: number): void;
+    /** a batch of a long prompt was evaluated: `evaluated` of its `total` tokens are in the cache */
+    onProgress?(evaluated: number, total: number): void;
     onDelta(text: string, tokens: number): void;
     onFinal(result: FinalResult): void;
 }
@@ -189,6 +191,9 @@ export class Scheduler implements EngineListener {
                 request.cachedTokens = message.cachedTokens;
                 this.metrics.requestStarted(request.model, (request.startedAt - request.acceptedAt) / 1000, message.promptTokens, message.cachedTokens);
                 request.sink.onRunning?.(message.promptTokens, message.cachedTokens);
+                return;
+            case "progress":
+                request.sink.onProgress?.(message.evaluated, message.total);
                 return;
             case "tokens": {
                 this.metrics.ipc((receivedAt - message.sentAt) / 1000);

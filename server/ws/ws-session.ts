@@ -263,6 +263,11 @@ export class WsSession {
         this.inFlight.set(id, entry);
         try {
             entry.request = this.scheduler.submit(requestSpec(input, message, message.conversation_id, this.principal!.name), {
+                onProgress: (evaluated, total) => {
+                    // advisory: not worth queueing behind a backed-up socket
+                    if (!this.closed && this.ws.bufferedAmount <= coalesceAboveBytes)
+                        this.send({ type: "progress", id, evaluated_tokens: evaluated, prompt_tokens: total });
+                },
                 onDelta: (text, tokens) => this.delta(id, entry, text, tokens),
                 onFinal: (result) => {
                     this.flushEntry(id, entry);

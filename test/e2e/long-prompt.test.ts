@@ -2,7 +2,7 @@
 // watchdog does not take a prompt that outlasts --engine-stall-timeout for a hung engine, and a cancel or
 // a disconnect during the prompt stops its evaluation at the next batch.
 import assert from "node:assert/strict";
-import type { WsFinalMessage } from "../../server/protocol/ws-messages.js";
+import type { WsFinalMessage, WsProgressMessage } from "../../server/protocol/ws-messages.js";
 import { httpJson, startServer, type ServerHandle } from "../helpers/server-process.js";
 import { smolArgs } from "../helpers/smollm2.js";
 import { WsTestClient } from "../helpers/ws-client.js";
@@ -74,6 +74,38 @@ describe("long prompts", function () {
                 assert.equal(after.finish_reason, "length");
                 await next.close();
             });
+
+        it("a long prompt reports its evaluation: progress messages after start and before the first delta (WebSocket), comment lines (SSE)", async function () {
+            const client = await WsTestClient.connect(server.wsUrl);
+            const run = client.chat({ prompt: longPrompt(300), max_tokens: 3, temperature: 0 });
+            const final = await run.done as WsFinalMessage;
+            assert.equal(final.type, "final");
+            const mine = client.messages.filter((m) => "id" in m && m.id === run.id);
+            const types = mine.map((m) => m.type);
+            const progress = mine.filter((m): m is WsProgressMessage => m.type === "progress");
+            assert.ok(progress.length > 10, `${progress.length} progress messages for a ${final.usage.prompt_tokens}-token prompt in batches of 4`);
+            assert.ok(types.indexOf("progress") > types.indexOf("start"), types.join(","));
+            assert.ok(types.lastIndexOf("progress") < types.indexOf("delta"), types.join(","));
+            for (const [i, p] of progress.entries()) {
+                assert.equal(p.prompt_tokens, final.usage.prompt_tokens);
+                assert.ok(p.evaluated_tokens < p.prompt_tokens);
+                if (i > 0)
+                    assert.equal(p.evaluated_tokens - progress[i - 1]!.evaluated_tokens, 4, "one message a batch");
+            }
+            assert.deepEqual(client.schemaViolations, []);
+            await client.close();
+
+            const res = await fetch(`${server.url}/v1/completions`, {
+                method: "POST", headers: { "Content-Type": "application/json" },
+                body: JSON.stringify({ prompt: "Another story. " + longPrompt(300), max_tokens: 3, temperature: 0, stream: true })
+            });
+            const lines = (await res.text()).split("\n").filter((l) => l !== "");
+            const comments = lines.filter((l) => l.startsWith(": prompt "));
+            assert.ok(comments.length > 10, lines.slice(0, 5).join("\n"));
+            assert.ok(lines.findIndex((l) => l.startsWith("data: ")) > lines.lastIndexOf(comments.at(-1)!), "the comments come before the first chunk");
+            assert.match(comments[0]!, /^: prompt \d+\/\d+$/);
+            assert.equal(lines.at(-1), "data: [DONE]");
+        });
 
         it("a prompt that runs to its end counts every uncached token as evaluated", async function () {
             const before = await metric(server, "keepkv_prompt_tokens_evaluated_total");

@@ -190,7 +190,7 @@ describe("WebSocket API", function () {
         const { status, body } = await httpJson(`${server.url}/v1/schemas`);
         assert.equal(status, 200);
         assert.deepEqual(Object.keys(body.ws.client).sort(), ["auth", "cancel", "chat", "new_conversation", "ping"]);
-        assert.deepEqual(Object.keys(body.ws.server).sort(), ["auth_ok", "conversation", "delta", "error", "final", "hello", "pong", "start"]);
+        assert.deepEqual(Object.keys(body.ws.server).sort(), ["auth_ok", "conversation", "delta", "error", "final", "hello", "pong", "progress", "start"]);
         assert.equal(body.errorCodes.queue_full.httpStatus, 503);
     });
 });
