@@ -3,17 +3,10 @@
 // a disconnect during the prompt stops its evaluation at the next batch.
 import assert from "node:assert/strict";
 import type { WsFinalMessage, WsProgressMessage } from "../../server/protocol/ws-messages.js";
+import { sample } from "../helpers/metrics-text.js";
 import { httpJson, startServer, type ServerHandle } from "../helpers/server-process.js";
 import { smolArgs } from "../helpers/smollm2.js";
 import { WsTestClient } from "../helpers/ws-client.js";
-
-function sample(exposition: string, name: string): number {
-    let total = 0;
-    for (const line of exposition.split("\n"))
-        if (line.startsWith(name + " ") || line.startsWith(name + "{"))
-            total += Number(line.slice(line.lastIndexOf(" ") + 1));
-    return total;
-}
 
 async function metric(server: ServerHandle, name: string): Promise<number> {
     return sample(await (await fetch(`${server.url}/metrics`)).text(), name);

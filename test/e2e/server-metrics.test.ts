@@ -1,13 +1,9 @@
 import assert from "node:assert/strict";
+import { series } from "../helpers/metrics-text.js";
 import { promtoolCheckMetrics, startPrometheus, type PrometheusHandle } from "../helpers/prometheus.js";
 import { startServer, waitFor, type ServerHandle } from "../helpers/server-process.js";
 import { WsTestClient } from "../helpers/ws-client.js";
 import type { WsFinalMessage } from "../../server/protocol/ws-messages.js";
-
-function sample(exposition: string, name: string, labels = ""): number | null {
-    const line = exposition.split("\n").find((l) => l.startsWith(labels === "" ? `${name} ` : `${name}{${labels}} `));
-    return line == null ? null : Number(line.slice(line.lastIndexOf(" ") + 1));
-}
 
 describe("Prometheus metrics", function () {
     let server: ServerHandle;
@@ -35,32 +31,32 @@ describe("Prometheus metrics", function () {
     it("exports the vLLM-shaped request metrics and the KV metrics under keepkv_", async function () {
         const text = await (await fetch(`${server.url}/metrics`)).text();
         const model = 'model_name="stories3M-q8_0.gguf"';
-        assert.equal(sample(text, "keepkv_generation_tokens_total", model), generated);
-        assert.equal(sample(text, "keepkv_prompt_tokens_total", model), prompted);
-        assert.equal(sample(text, "keepkv_num_requests_running"), 0);
-        assert.equal(sample(text, "keepkv_num_requests_waiting"), 0);
-        const finished = (sample(text, "keepkv_request_success_total", `${model},finished_reason="stop"`) ?? 0)
-            + (sample(text, "keepkv_request_success_total", `${model},finished_reason="length"`) ?? 0);
+        assert.equal(series(text, "keepkv_generation_tokens_total", model), generated);
+        assert.equal(series(text, "keepkv_prompt_tokens_total", model), prompted);
+        assert.equal(series(text, "keepkv_num_requests_running"), 0);
+        assert.equal(series(text, "keepkv_num_requests_waiting"), 0);
+        const finished = (series(text, "keepkv_request_success_total", `${model},finished_reason="stop"`) ?? 0)
+            + (series(text, "keepkv_request_success_total", `${model},finished_reason="length"`) ?? 0);
         assert.equal(finished, 5);
-        assert.equal(sample(text, "keepkv_time_to_first_token_seconds_count", model), 5);
-        assert.equal(sample(text, "keepkv_e2e_request_latency_seconds_count", model), 5);
-        assert.equal(sample(text, "keepkv_request_queue_time_seconds_count", model), 5);
-        assert.ok((sample(text, "keepkv_inter_token_latency_seconds_count", model) ?? 0) > 0);
-        assert.equal(sample(text, "keepkv_engine_up"), 1);
-        assert.equal(sample(text, "keepkv_engine_restarts_total"), 0);
-        assert.ok((sample(text, "keepkv_engine_resident_memory_bytes") ?? 0) > 1e6);
-        assert.equal(sample(text, "keepkv_kv_cells_capacity"), 2 * 2048);
-        assert.ok(sample(text, "keepkv_kv_cells_used") != null);
-        assert.ok(sample(text, "keepkv_kv_cache_usage_ratio") != null);
-        assert.equal(sample(text, "keepkv_sequence_kv_cells_capacity", 'sequence="1"'), 2048);
+        assert.equal(series(text, "keepkv_time_to_first_token_seconds_count", model), 5);
+        assert.equal(series(text, "keepkv_e2e_request_latency_seconds_count", model), 5);
+        assert.equal(series(text, "keepkv_request_queue_time_seconds_count", model), 5);
+        assert.ok((series(text, "keepkv_inter_token_latency_seconds_count", model) ?? 0) > 0);
+        assert.equal(series(text, "keepkv_engine_up"), 1);
+        assert.equal(series(text, "keepkv_engine_restarts_total"), 0);
+        assert.ok((series(text, "keepkv_engine_resident_memory_bytes") ?? 0) > 1e6);
+        assert.equal(series(text, "keepkv_kv_cells_capacity"), 2 * 2048);
+        assert.ok(series(text, "keepkv_kv_cells_used") != null);
+        assert.ok(series(text, "keepkv_kv_cache_usage_ratio") != null);
+        assert.equal(series(text, "keepkv_sequence_kv_cells_capacity", 'sequence="1"'), 2048);
         for (const name of ["keepkv_kv_bytes_used", "keepkv_kv_bytes_allocated", "keepkv_kv_bytes_full"])
-            assert.ok(sample(text, name) != null, name);
+            assert.ok(series(text, name) != null, name);
         assert.match(text, /keepkv_kv_merges_total\{policy="off"\} 0/);
         assert.match(text, /keepkv_kv_evictions_total\{policy="off"\} 0/);
         assert.match(text, /keepkv_kv_compression_seconds_total\{policy="off"\} 0/);
         assert.match(text, /keepkv_config_info\{model_name="stories3M-q8_0.gguf",policy="off",variant="key",budget="none",.*cache_type_k="f16",cache_type_v="f16",context_size="2048",sequences="2".*\} 1/);
         assert.match(text, /^process_resident_memory_bytes /m);
-        assert.ok((sample(text, "keepkv_engine_ipc_latency_seconds_count") ?? 0) > 0);
+        assert.ok((series(text, "keepkv_engine_ipc_latency_seconds_count") ?? 0) > 0);
         assert.doesNotMatch(text, /^[a-z_]+:/m, "no colons in metric names");
     });
 
@@ -74,8 +70,8 @@ describe("Prometheus metrics", function () {
         const a = await (await fetch(`${server.url}/metrics`)).text();
         const b = await (await fetch(`${server.url}/metrics`)).text();
         const model = 'model_name="stories3M-q8_0.gguf"';
-        assert.equal(sample(b, "keepkv_generation_tokens_total", model), sample(a, "keepkv_generation_tokens_total", model));
-        assert.equal(sample(b, "keepkv_e2e_request_latency_seconds_count", model), 5);
+        assert.equal(series(b, "keepkv_generation_tokens_total", model), series(a, "keepkv_generation_tokens_total", model));
+        assert.equal(series(b, "keepkv_e2e_request_latency_seconds_count", model), 5);
     });
 
     it("a real Prometheus scrapes it, and PromQL returns the tokens this test generated", async function () {
@@ -132,11 +128,11 @@ describe("KeepKV through the server", function () {
         assert.equal(live.policy, "keepkv");
         assert.equal(live.sequences[0]!.budget, 128);
         const text = await (await fetch(`${server.url}/metrics`)).text();
-        assert.ok((sample(text, "keepkv_kv_compressions_total", 'policy="keepkv"') ?? 0) >= kv.compressions);
-        assert.ok((sample(text, "keepkv_kv_merges_total", 'policy="keepkv"') ?? 0) > 0);
-        assert.ok((sample(text, "keepkv_kv_compression_seconds_total", 'policy="keepkv"') ?? 0) > 0);
-        assert.equal(sample(text, "keepkv_kv_cells_budget"), 256);
-        assert.equal(sample(text, "keepkv_sequence_kv_cells_budget", 'sequence="0"'), 128);
+        assert.ok((series(text, "keepkv_kv_compressions_total", 'policy="keepkv"') ?? 0) >= kv.compressions);
+        assert.ok((series(text, "keepkv_kv_merges_total", 'policy="keepkv"') ?? 0) > 0);
+        assert.ok((series(text, "keepkv_kv_compression_seconds_total", 'policy="keepkv"') ?? 0) > 0);
+        assert.equal(series(text, "keepkv_kv_cells_budget"), 256);
+        assert.equal(series(text, "keepkv_sequence_kv_cells_budget", 'sequence="0"'), 128);
         assert.match(text, /keepkv_config_info\{[^}]*policy="keepkv",variant="key",budget="128"/);
         assert.equal(promtoolCheckMetrics(text).status, 0);
     });

@@ -8,3 +8,9 @@ export function sample(exposition: string, name: string, labels = ""): number {
             total += Number(line.slice(line.lastIndexOf(" ") + 1));
     return total;
 }
+
+/** The value of the one series of a metric with exactly these labels (`a="x",b="y"`; "" for none), or null when it is absent. */
+export function series(exposition: string, name: string, labels = ""): number | null {
+    const line = exposition.split("\n").find((l) => l.startsWith(labels === "" ? `${name} ` : `${name}{${labels}} `));
+    return line == null ? null : Number(line.slice(line.lastIndexOf(" ") + 1));
+}
