@@ -9,6 +9,7 @@ import { computeBuildInputs, computeBuildKey, listPatches, readBuildManifest } f
 import { failureTailLines, logTail, progressPrinter } from "../../scripts/lib/logged-run.js";
 import { buildCacheDir, llamaPatchesDir, nlcLocalBuildsDir, nlcPatchesDir, repoRoot } from "../../lib/paths.js";
 import { applySeriesToGitTree, git, PatchApplyError } from "../../scripts/lib/patch-series.js";
+import { declaredKeepKvFunctions, definedKeepKvFunctions, undefinedKeepKvFunctions } from "../../scripts/check-patch-series.js";
 import { keepKvVersionOf, LlamaBuildError, loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../../server/engine/llama-loader.js";
 import { testModelPath, ModelPathError, requireFile } from "../../lib/model-paths.js";
 
@@ -72,6 +73,36 @@ describe("patch series", function () {
         assert.ok(patches.length >= 1);
         applySeriesToGitTree(tree, patches, { commit: true });
         assert.equal(git(tree, "rev-list", "--count", "keepkv-base..HEAD").trim(), String(patches.length));
+    });
+
+    it("every prefix of the series defines each llama_keepkv_* function its llama.h declares", function () {
+        // the static half of npm run patches:check (which also compiles and links every prefix)
+        const tree = path.join(tmp, "llama.cpp");
+        cloneBundledLlamaCpp(tree);
+        assert.deepEqual(declaredKeepKvFunctions(fs.readFileSync(path.join(tree, "include", "llama.h"), "utf8")), [], "the base declares none");
+        for (const patch of listPatches(llamaPatchesDir)) {
+            applySeriesToGitTree(tree, [patch], { commit: true });
+            const declared = declaredKeepKvFunctions(fs.readFileSync(path.join(tree, "include", "llama.h"), "utf8"));
+            assert.ok(declared.includes("llama_keepkv_version"), `${path.basename(patch)}: llama.h declares llama_keepkv_version`);
+            assert.deepEqual(undefinedKeepKvFunctions(tree), [], `${path.basename(patch)}: declared and not defined`);
+        }
+    });
+
+    it("a declared KeepKV function without a definition is found", function () {
+        const header = "LLAMA_API const char * llama_keepkv_version(void);\nLLAMA_API int32_t llama_keepkv_compress(\n        struct llama_context * ctx);\n";
+        assert.deepEqual(declaredKeepKvFunctions(header), ["llama_keepkv_compress", "llama_keepkv_version"]);
+        const source = [
+            "// llama_keepkv_compress(ctx) is defined elsewhere",
+            "int32_t llama_keepkv_compress(llama_context * ctx);",
+            "const char * llama_keepkv_version(void) {",
+            "    return \"keepkv 1\";",
+            "}",
+            "bool llama_keepkv_params_check(",
+            "        const llama_model * model) {",
+            "    return llama_keepkv_version() != nullptr;",
+            "}"
+        ].join("\n");
+        assert.deepEqual(definedKeepKvFunctions([source]), ["llama_keepkv_params_check", "llama_keepkv_version"]);
     });
 
     it("a patch that does not apply stops with its name, file and hunk, and leaves no half-patched tree", function () {
