@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import { corpusPath } from "../../lib/model-paths.js";
 import { WsClient, type RoutedMessage } from "./ws-client.js";
+import { sseData } from "./sse.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -281,7 +282,9 @@ async function httpRequest(ctx: LoadCtx, rng: () => number, prompts: PromptSourc
             while ((at = buffer.indexOf("\n\n")) >= 0) {
                 const event = buffer.slice(0, at);
                 buffer = buffer.slice(at + 2);
-                const data = event.replace(/^data: /, "");
+                const data = sseData(event);
+                if (data == null)
+                    continue;
                 if (data === "[DONE]") {
                     sawDone = true;
                     continue;

@@ -13,6 +13,7 @@ import { loadConfig } from "../../server/config/load-config.js";
 import { estimateMemory } from "../../server/supervisor/memory-estimate.js";
 import { engineSettingsFor } from "../../server/models/engine-settings.js";
 import { httpJson, serverEntry, startServer, testServerArgs, waitFor, type ServerHandle } from "../helpers/server-process.js";
+import { sseData } from "../../bench/lib/sse.js";
 import { WsTestClient, type ChatRun } from "../helpers/ws-client.js";
 import { sample } from "../helpers/metrics-text.js";
 
@@ -73,8 +74,10 @@ async function sseChat(server: ServerHandle, body: object, stopAfter: number | n
             buffer += decoder.decode(chunk.value, { stream: true });
             let at: number;
             while ((at = buffer.indexOf("\n\n")) >= 0) {
-                const data = buffer.slice(0, at).replace(/^data: /, "");
+                const data = sseData(buffer.slice(0, at));
                 buffer = buffer.slice(at + 2);
+                if (data == null)
+                    continue;
                 if (data === "[DONE]") {
                     done = true;
                     continue;

@@ -23,6 +23,7 @@ import {
 import { httpJson, startServer, waitFor, type ServerHandle } from "../helpers/server-process.js";
 import { WsTestClient } from "../helpers/ws-client.js";
 import { sample } from "../helpers/metrics-text.js";
+import { sseData } from "../../bench/lib/sse.js";
 
 const totalCases = Number(process.env.KEEPKV_FUZZ_CASES ?? 2000);
 const seed = Number(process.env.KEEPKV_FUZZ_SEED ?? 1);
@@ -354,7 +355,10 @@ function checkHttp(c: HttpCase, res: { status: number, headers: http.IncomingHtt
             if (events.at(-1) !== "data: [DONE]")
                 return "an SSE stream without data: [DONE]";
             for (const event of events.slice(0, -1)) {
-                const data = JSON.parse(event.replace(/^data: /, "")) as { error?: unknown };
+                const text = sseData(event);
+                if (text == null)
+                    continue;
+                const data = JSON.parse(text) as { error?: unknown };
                 if (data.error != null)
                     return `a stream that failed: ${event}`;
             }
