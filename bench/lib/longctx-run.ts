@@ -4,7 +4,8 @@ import type { LlamaModel } from "node-llama-cpp";
 import { compressSequence, createKeepKvContext, type KeepKvOptions, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant } from "../../server/engine/keepkv.js";
 import { needleAnswered, type NeedleCase } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
-import { rawDecode, rawRemoveCells } from "./raw-decode.js";
+import { removeCellsRaw } from "../../server/engine/native-context.js";
+import { rawDecode } from "./raw-decode.js";
 
 /**
  * streaming: the budget holds from the first token, the cache compresses as the prompt is evaluated (what the
@@ -91,7 +92,7 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
                 // the logits of the prompt's last token were computed before the compression: compute them
                 // again on the compressed cache, as a question asked after it would be
                 const last = c.prompt.length - 1;
-                await rawRemoveCells(context, 0, last, last + 1);
+                await removeCellsRaw(context, 0, last, last + 1);
                 logits = await rawDecode(context, 0, last, [c.prompt[last]!]);
             }
             const reply = model.detokenize(await continueGreedy(context, 0, c.prompt.length, logits, opts.generate));

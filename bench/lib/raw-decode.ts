@@ -1,7 +1,7 @@
 // Direct use of the native context for low-level tests and benchmarks: decode tokens at chosen positions of chosen
 // sequences and read the raw logits, under node-llama-cpp's own context lock.
 import type { LlamaContext, Token } from "node-llama-cpp";
-import { copyCellsRaw, decodeRaw, removeCellsRaw } from "../../server/engine/native-context.js";
+import { decodeRaw } from "../../server/engine/native-context.js";
 
 /** Decodes `tokens` into sequence `seq` from position `pos`, returning the logits of the last token. */
 export async function rawDecode(context: LlamaContext, seq: number, pos: number, tokens: Token[]): Promise<Float32Array> {
@@ -9,21 +9,11 @@ export async function rawDecode(context: LlamaContext, seq: number, pos: number,
     return logits!;
 }
 
-/** The destination sequence also owns the source's cells in [p0, p1) (llama_memory_seq_cp). */
-export async function rawCopyCells(context: LlamaContext, src: number, dst: number, p0 = -1, p1 = -1): Promise<void> {
-    await copyCellsRaw(context, src, dst, p0, p1);
-}
-
 export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
     let m = 0;
     for (let i = 0; i < a.length; i++)
         m = Math.max(m, Math.abs(a[i]! - b[i]!));
     return m;
-}
-
-/** Removes the cells of sequence `seq` in [p0, p1) (llama_memory_seq_rm). */
-export async function rawRemoveCells(context: LlamaContext, seq: number, p0: number, p1: number): Promise<void> {
-    await removeCellsRaw(context, seq, p0, p1);
 }
 
 /** One decode of several sequences at once: each gets `tokens` from `pos`; returns each one's last logits. */

@@ -13,7 +13,7 @@ import {
 import type { KeepKvContextStats, KeepKvSequenceStats } from "../protocol/engine-ipc.js";
 import {
     keepKvVersionOf, nativeKeepKvOf, nativeSequenceIdOf, underContextLock,
-    type NativeContextStats, type NativeKeepKv, type NativeSequenceStats
+    type NativeContextStats, type NativeSequenceStats
 } from "./native-context.js";
 import { errorMessage } from "../../lib/error-message.js";
 
@@ -64,13 +64,6 @@ export type KeepKvContextOptions = Omit<LlamaContextOptions, "contextSize" | "ke
 };
 
 const contextSettings = new WeakMap<LlamaContext, KeepKvSettings>();
-
-function nativeOf(context: LlamaContext): NativeKeepKv {
-    const native = nativeKeepKvOf(context);
-    if (native == null)
-        throw new KeepKvError("KEEPKV_NOT_PATCHED", "this llama.cpp binary has no KeepKV: load it with loadPatchedLlama()");
-    return native;
-}
 
 const unsupportedModel = /not supported|no KV cache|recurrent|hybrid/;
 
@@ -133,7 +126,7 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
         throw new KeepKvError("KEEPKV_INVALID_OPTION", `the number of cells to remove must be an integer >= 0, got ${what}`);
     return await underContextLock(sequence.context, async () => {
         try {
-            return await nativeOf(sequence.context).keepKvCompress(nativeSequenceIdOf(sequence),
+            return await nativeKeepKvOf(sequence.context).keepKvCompress(nativeSequenceIdOf(sequence),
                 typeof what === "number" ? what : Int32Array.from(what));
         } catch (err) {
             throw new KeepKvError("KEEPKV_FAILED", errorMessage(err));
@@ -144,13 +137,13 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
 /** The positions the policy would remove if `n` cells had to leave now, without removing them. */
 export async function selectForCompression(sequence: LlamaContextSequence, n: number): Promise<number[]> {
     requireEnabled(sequence.context);
-    return await underContextLock(sequence.context, () => Array.from(nativeOf(sequence.context).keepKvSelect(nativeSequenceIdOf(sequence), n)));
+    return await underContextLock(sequence.context, () => Array.from(nativeKeepKvOf(sequence.context).keepKvSelect(nativeSequenceIdOf(sequence), n)));
 }
 
 /** The raw logits of an output of the last decoded batch (-1: the last one). For tests and tools. */
 export async function lastOutputLogits(context: LlamaContext, index = -1): Promise<Float32Array> {
     return await underContextLock(context, () => {
-        const logits = nativeOf(context).getOutputLogits(index);
+        const logits = nativeKeepKvOf(context).getOutputLogits(index);
         if (logits == null)
             throw new KeepKvError("KEEPKV_FAILED", `no logits for output ${index} of the last batch`);
         return logits;
@@ -161,7 +154,7 @@ export async function lastOutputLogits(context: LlamaContext, index = -1): Promi
 export async function setVote(sequence: LlamaContextSequence, pos: number, layer: number, headKv: number, vote: number): Promise<void> {
     requireEnabled(sequence.context);
     const ok = await underContextLock(sequence.context, () =>
-        nativeOf(sequence.context).keepKvSetVote(nativeSequenceIdOf(sequence), pos, layer, headKv, vote));
+        nativeKeepKvOf(sequence.context).keepKvSetVote(nativeSequenceIdOf(sequence), pos, layer, headKv, vote));
     if (!ok)
         throw new KeepKvError("KEEPKV_FAILED", `no cell at position ${pos} of sequence ${nativeSequenceIdOf(sequence)}, or no layer ${layer} / KV head ${headKv}, or vote ${vote} <= 0`);
 }
@@ -170,7 +163,7 @@ export async function setVote(sequence: LlamaContextSequence, pos: number, layer
 export async function cellPositions(sequence: LlamaContextSequence): Promise<number[]> {
     requireEnabled(sequence.context);
     return await underContextLock(sequence.context, () =>
-        Array.from(nativeOf(sequence.context).keepKvGetCellPositions(nativeSequenceIdOf(sequence)) ?? []));
+        Array.from(nativeKeepKvOf(sequence.context).keepKvGetCellPositions(nativeSequenceIdOf(sequence)) ?? []));
 }
 
 function toSequenceStats(sequence: LlamaContextSequence, native: NativeSequenceStats | null, context: NativeContextStats | null): KeepKvSequenceStats {
@@ -208,7 +201,7 @@ function toSequenceStats(sequence: LlamaContextSequence, native: NativeSequenceS
 async function readNativeStats(context: LlamaContext, sequences: readonly LlamaContextSequence[]) {
     if (keepKvSettingsOf(context).policy === "off")
         return { context: null, sequences: sequences.map(() => null) };
-    return await nativeOf(context).keepKvReadStats(Int32Array.from(sequences, nativeSequenceIdOf));
+    return await nativeKeepKvOf(context).keepKvReadStats(Int32Array.from(sequences, nativeSequenceIdOf));
 }
 
 /** Per-sequence statistics (host-side data only: cheap), read between two decodes of its context. */

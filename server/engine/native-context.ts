@@ -4,6 +4,7 @@
 // copies of their signatures.
 import { withLock } from "lifecycle-utils";
 import type { Llama, LlamaContext, LlamaContextSequence, Token } from "node-llama-cpp";
+import { KeepKvError } from "../../lib/keepkv-options.js";
 
 export type NativeContext = LlamaContext["_ctx"];
 
@@ -32,34 +33,23 @@ export function keepKvVersionOf(llama: Llama): string | null {
     return typeof bindings.keepKvVersion === "function" ? bindings.keepKvVersion() : null;
 }
 
-/** The KeepKV methods of a context's addon object, or null when its binary has no KeepKV. */
-export function nativeKeepKvOf(context: LlamaContext): NativeKeepKv | null {
+function hasKeepKv(native: NativeContext): native is NativeContext & NativeKeepKv {
+    return native.keepKvCompress != null && native.keepKvSelect != null && native.keepKvReadStats != null &&
+        native.keepKvSetVote != null && native.keepKvGetCellPositions != null && native.getOutputLogits != null &&
+        native.copySequenceCells != null;
+}
+
+/** A context's addon object with the KeepKV methods; KEEPKV_NOT_PATCHED for a binary without them. */
+export function nativeKeepKvOf(context: LlamaContext): NativeContext & NativeKeepKv {
     const native = nativeContextOf(context);
-    const { keepKvCompress, keepKvSelect, keepKvReadStats, keepKvSetVote, keepKvGetCellPositions, getOutputLogits, copySequenceCells } = native;
-    if (keepKvCompress == null || keepKvSelect == null || keepKvReadStats == null || keepKvSetVote == null ||
-        keepKvGetCellPositions == null || getOutputLogits == null || copySequenceCells == null)
-        return null;
-    return {
-        keepKvCompress: keepKvCompress.bind(native),
-        keepKvSelect: keepKvSelect.bind(native),
-        keepKvReadStats: keepKvReadStats.bind(native),
-        keepKvSetVote: keepKvSetVote.bind(native),
-        keepKvGetCellPositions: keepKvGetCellPositions.bind(native),
-        getOutputLogits: getOutputLogits.bind(native),
-        copySequenceCells: copySequenceCells.bind(native)
-    };
+    if (!hasKeepKv(native))
+        throw new KeepKvError("KEEPKV_NOT_PATCHED", "this llama.cpp binary has no KeepKV: load it with loadPatchedLlama()");
+    return native;
 }
 
 /** Runs `fn` under node-llama-cpp's own context lock, which its batch dispatch holds while it decodes. */
 export async function underContextLock<T>(context: LlamaContext, fn: () => T | Promise<T>): Promise<T> {
     return await withLock([context as object, "context"], async () => await fn());
-}
-
-function requireKeepKv(context: LlamaContext): NativeKeepKv {
-    const native = nativeKeepKvOf(context);
-    if (native == null)
-        throw new Error("this llama.cpp binary has no KeepKV methods (a vanilla build)");
-    return native;
 }
 
 /**
@@ -74,7 +64,7 @@ export async function decodeRaw(
 ): Promise<Float32Array[][]> {
     return await underContextLock(context, async () => {
         const native = nativeContextOf(context);
-        const keepKv = readLogits ? requireKeepKv(context) : null;
+        const keepKv = readLogits ? nativeKeepKvOf(context) : null;
         native.initBatch(items.reduce((n, x) => n + x.tokens.length, 0));
         let offset = 0;
         const batchIndexes: number[][] = [];
@@ -102,5 +92,5 @@ export async function removeCellsRaw(context: LlamaContext, seq: number, p0: num
 
 /** The destination sequence also owns the source's cells in [p0, p1) (llama_memory_seq_cp), under the context lock. */
 export async function copyCellsRaw(context: LlamaContext, src: number, dst: number, p0 = -1, p1 = -1): Promise<void> {
-    await underContextLock(context, () => requireKeepKv(context).copySequenceCells(src, dst, p0, p1));
+    await underContextLock(context, () => nativeKeepKvOf(context).copySequenceCells(src, dst, p0, p1));
 }

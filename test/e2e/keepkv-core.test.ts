@@ -14,7 +14,8 @@ import {
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../../server/engine/llama-loader.js";
 import { corpusPath, testModelPath, requireFile, sharedDir } from "../../lib/model-paths.js";
 import { repoRoot } from "../../lib/paths.js";
-import { maxAbsDiff, rawCopyCells, rawDecode, rawRemoveCells } from "../../bench/lib/raw-decode.js";
+import { maxAbsDiff, rawDecode } from "../../bench/lib/raw-decode.js";
+import { copyCellsRaw, removeCellsRaw } from "../../server/engine/native-context.js";
 
 const f16ModelPath = () => requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
 
@@ -271,8 +272,8 @@ describe("KeepKV core", function () {
             try {
                 await rawDecode(copies, 1, 0, tokens.slice(0, promptLength));
                 await rawDecode(copies, 2, 0, tokens.slice(0, m));
-                await rawCopyCells(copies, 1, 0);
-                await rawCopyCells(copies, 2, 0);
+                await copyCellsRaw(copies, 1, 0);
+                await copyCellsRaw(copies, 2, 0);
                 withCopies = await rawDecode(copies, 0, promptLength, [tokens[promptLength]!]);
             } finally {
                 await copies.dispose();
@@ -286,7 +287,7 @@ describe("KeepKV core", function () {
                 const sequence = context.getSequence();
                 await rawDecode(context, 0, 0, tokens.slice(0, promptLength));
                 plain = await rawDecode(context, 0, promptLength, [tokens[promptLength]!]);
-                await rawRemoveCells(context, 0, promptLength, promptLength + 1);
+                await removeCellsRaw(context, 0, promptLength, promptLength + 1);
                 for (let pos = 0; pos < m; pos++)
                     for (let layer = 0; layer < 6; layer++)
                         for (let head = 0; head < 2; head++)
