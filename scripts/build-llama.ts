@@ -12,13 +12,13 @@
 // The compile's output (tens of thousands of lines) goes to .work/build-llama-<flavor>.log, whose path is
 // printed; the terminal gets a line at every tenth of the compile, and a failed build prints the last
 // 100 lines of the log.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import {
     BuildFlavor, BuildGpu, BuildManifest, buildDigest, buildInputsOf, computeBuildKey, listPatches, parseBuildGpu, readBuildManifest
 } from "../lib/build-key.js";
+import { ccacheLauncherOptions, commandExists } from "./lib/cmake.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./lib/logged-run.js";
 import {
@@ -64,10 +64,6 @@ export function cloneBundledLlamaCpp(dest: string): void {
 
 function copyDir(src: string, dest: string): void {
     fs.cpSync(src, dest, { recursive: true, dereference: false, preserveTimestamps: true });
-}
-
-function commandExists(cmd: string): boolean {
-    return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).status === 0;
 }
 
 function restoreFromCache(cacheEntry: string, manifest: BuildManifest, manifestPath: string): void {
@@ -187,13 +183,9 @@ export async function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }
  * and every CMake option it got.
  */
 async function runSourceBuild(flavor: BuildFlavor, gpu: BuildGpu, options: Record<string, string>): Promise<{ folderName: string, cmakeOptions: Record<string, string> }> {
-    const cmakeOptions = { ...options };
-    if (commandExists("ccache")) {
-        cmakeOptions.CMAKE_C_COMPILER_LAUNCHER = "ccache";
-        cmakeOptions.CMAKE_CXX_COMPILER_LAUNCHER = "ccache";
-    } else {
+    const cmakeOptions = { ...options, ...ccacheLauncherOptions() };
+    if (cmakeOptions.CMAKE_C_COMPILER_LAUNCHER == null)
         log("ccache not found: every rebuild will be a full build (Debian: apt-get install ccache)");
-    }
 
     // no colour codes in the log: node-llama-cpp writes them even into a pipe
     const env: NodeJS.ProcessEnv = { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: "true", CCACHE_BASEDIR: repoRoot, FORCE_COLOR: "0" };

@@ -18,6 +18,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import { cloneBundledLlamaCpp } from "./build-llama.js";
+import { cmakeConfigureArgs, commandExists } from "./lib/cmake.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
 import { logTail } from "./lib/logged-run.js";
 import { listPatches } from "../lib/build-key.js";
@@ -95,10 +96,6 @@ export function apiCheckProgram(names: readonly string[]): string {
     ].join("\n");
 }
 
-function commandExists(cmd: string): boolean {
-    return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).status === 0;
-}
-
 /** Runs a command with its output appended to `logFile`; true when it exits with 0. */
 function runTo(logFile: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): boolean {
     fs.appendFileSync(logFile, `$ ${cmd} ${args.join(" ")}\n`);
@@ -126,13 +123,7 @@ function configure(logFile: string, env: NodeJS.ProcessEnv): boolean {
         GGML_NATIVE: "ON",
         GGML_OPENMP: "OFF"
     };
-    if (commandExists("ccache")) {
-        options.CMAKE_C_COMPILER_LAUNCHER = "ccache";
-        options.CMAKE_CXX_COMPILER_LAUNCHER = "ccache";
-    }
-    const generator = commandExists("ninja") ? ["-G", "Ninja"] : [];
-    return runTo(logFile, "cmake", ["-S", tree, "-B", buildDir, ...generator,
-        ...Object.entries(options).map(([k, v]) => `-D${k}=${v}`)], env);
+    return runTo(logFile, "cmake", cmakeConfigureArgs(tree, buildDir, options), env);
 }
 
 function compile(logFile: string, env: NodeJS.ProcessEnv, jobs: number): boolean {

@@ -12,6 +12,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { cloneBundledLlamaCpp } from "../build-llama.js";
 import { computeBuildInputs } from "../../lib/build-key.js";
+import { cmakeConfigureArgs, commandExists } from "./cmake.js";
 import { describeLoggedFailure, progressPrinter, runLogged } from "./logged-run.js";
 import { ModelPullError } from "../../lib/models.js";
 import { buildCacheDir, workDir } from "../../lib/paths.js";
@@ -60,10 +61,6 @@ export function cachedQuantizeTool(key: string = quantizeToolKey()): string | nu
     return fs.existsSync(binary) && fs.existsSync(path.join(toolCacheEntry(key), "manifest.json")) ? binary : null;
 }
 
-function commandExists(cmd: string): boolean {
-    return spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).status === 0;
-}
-
 function toolBuildError(message: string, logFile: string): ModelPullError {
     return new ModelPullError("TOOL_BUILD_FAILED", describeLoggedFailure(message, logFile));
 }
@@ -107,16 +104,9 @@ export async function ensureQuantizeTool(log: Log): Promise<QuantizeTool> {
         LLAMA_CURL: "OFF",
         LLAMA_OPENSSL: "OFF"
     };
-    if (commandExists("ccache")) {
-        options.CMAKE_C_COMPILER_LAUNCHER = "ccache";
-        options.CMAKE_CXX_COMPILER_LAUNCHER = "ccache";
-    }
-    const generator = commandExists("ninja") ? ["-G", "Ninja"] : [];
     // the same base for every clone of this key, so that ccache serves a rebuild
     const env = { ...process.env, CCACHE_BASEDIR: tree };
-    const configure = await runLogged("cmake", [
-        "-S", src, "-B", build, ...generator, ...Object.entries(options).map(([name, value]) => `-D${name}=${value}`)
-    ], { cwd: tree, env, logFile });
+    const configure = await runLogged("cmake", cmakeConfigureArgs(src, build, options), { cwd: tree, env, logFile });
     if (configure !== 0)
         throw toolBuildError(`cmake configure failed (exit code ${configure})`, logFile);
     const jobs = String(Math.max(1, Math.min(os.availableParallelism(), 2)));
