@@ -84,6 +84,14 @@ describe("conversation states on disk", function () {
         assert.ok(second.final.kv != null && second.final.kv.merges >= 0);
     }
 
+    /** The second turn of conversation "c" on `server`: the reference continuation, from one restored state. */
+    async function assertRestoredTurn(server: ServerHandle, first: Turn): Promise<void> {
+        const before = await evaluatedPromptTokens(server);
+        const second = await secondTurn(server, "c", first.text);
+        assertContinuesExactly(second, (await evaluatedPromptTokens(server)) - before);
+        assert.equal(await metric(server, "keepkv_conversation_state_restores_total"), 1);
+    }
+
     it("a conversation idle when the engine is SIGKILLed continues bit for bit from its saved state, without evaluating its history again", async function () {
         const stateDir = path.join(tmp, "sigkill");
         const server = await startServer({ args: serverArgs(stateDir, ["--state-save-idle", "0.2"]) });
@@ -98,10 +106,7 @@ describe("conversation states on disk", function () {
                 const health = await httpJson(`${server.url}/health`);
                 return health.status === 200 && health.body.engine.pid !== pid ? true : undefined;
             }, 60_000, 50);
-            const before = await evaluatedPromptTokens(server);
-            const second = await secondTurn(server, "c", first.text);
-            assertContinuesExactly(second, (await evaluatedPromptTokens(server)) - before);
-            assert.equal(await metric(server, "keepkv_conversation_state_restores_total"), 1);
+            await assertRestoredTurn(server, first);
             assert.equal(await metric(server, "keepkv_conversation_state_refusals_total"), 0);
         } finally {
             await server.stop();
@@ -120,10 +125,7 @@ describe("conversation states on disk", function () {
 
         const next = await startServer({ args });
         try {
-            const before = await evaluatedPromptTokens(next);
-            const second = await secondTurn(next, "c", first.text);
-            assertContinuesExactly(second, (await evaluatedPromptTokens(next)) - before);
-            assert.equal(await metric(next, "keepkv_conversation_state_restores_total"), 1);
+            await assertRestoredTurn(next, first);
         } finally {
             await next.stop();
         }
@@ -135,10 +137,7 @@ describe("conversation states on disk", function () {
             const first = await firstTurn(server, "c");
             await waitFor("the released conversation saved", async () => (await metric(server, "keepkv_conversation_state_saves_total")) >= 1 ? true : undefined, 30_000, 50);
             // (no idle save within the test: the release wrote it, and the sequence no longer holds it)
-            const before = await evaluatedPromptTokens(server);
-            const second = await secondTurn(server, "c", first.text);
-            assertContinuesExactly(second, (await evaluatedPromptTokens(server)) - before);
-            assert.equal(await metric(server, "keepkv_conversation_state_restores_total"), 1);
+            await assertRestoredTurn(server, first);
         } finally {
             await server.stop();
         }
@@ -157,10 +156,7 @@ describe("conversation states on disk", function () {
             assert.equal(await metric(server, "keepkv_conversation_state_saves_total"), 1, "the switch saved the conversation");
             await chat(server, "other", opening, 20);
             await to("stories3M.gguf");
-            const before = await evaluatedPromptTokens(server);
-            const second = await secondTurn(server, "c", first.text);
-            assertContinuesExactly(second, (await evaluatedPromptTokens(server)) - before);
-            assert.equal(await metric(server, "keepkv_conversation_state_restores_total"), 1);
+            await assertRestoredTurn(server, first);
         } finally {
             await server.stop();
         }
