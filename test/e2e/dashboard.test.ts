@@ -234,7 +234,7 @@ describe("dashboard with an API key", function () {
         await page.locator('#connection[data-state="open"]').waitFor();
         assert.equal(await page.isVisible("#auth"), false);
         await page.locator("#settings dd").first().waitFor();
-        assert.match(await page.textContent("#policy") ?? "", /KV compression off/);
+        assert.match(await page.textContent("#policy") ?? "", /^keepkv · budget 0\.5/);
         const bubble = await sendAndWait(page, "Once upon a time", { maxTokens: 20 });
         assert.ok(["stop", "length"].includes(await finished(page, bubble)));
         // the KV poller sends the key too

@@ -391,7 +391,8 @@ describe("faults: a context that cannot be allocated", function () {
     };
 
     it("at startup, sequences or a context too large for memory stop the server before anything loads, naming the options", function () {
-        const tooMany = runServer(["--sequences", "256", "--context-size", "1000000"]);
+        // without compression: the full context is what does not fit
+        const tooMany = runServer(["--sequences", "256", "--context-size", "1000000", "--policy", "off"]);
         assert.equal(tooMany.status, 2, tooMany.stderr);
         assert.match(tooMany.stderr, /--context-size .*cannot fit in memory .*KV cache [\d.]+ GiB for 256 sequences x context 1000000 cells.*available; lower --sequences, --budget or --context-size/s);
         assert.doesNotMatch(tooMany.stdout, /listening/, "nothing listened");
@@ -400,7 +401,7 @@ describe("faults: a context that cannot be allocated", function () {
         assert.equal(budget.status, 2, budget.stderr);
         assert.match(budget.stderr, /--budget .*cannot fit in memory .*64 sequences x budget 2000000 cells/s);
 
-        const limited = runServer(["--sequences", "8", "--memory-limit", String(50 * 2 ** 20)]);
+        const limited = runServer(["--sequences", "8", "--memory-limit", String(50 * 2 ** 20), "--policy", "off"]);
         assert.equal(limited.status, 2, limited.stderr);
         assert.match(limited.stderr, /more than the memory-limit 0\.049 GiB/);
     });

@@ -45,16 +45,18 @@ describe("Prometheus metrics", function () {
         assert.equal(series(text, "keepkv_engine_up"), 1);
         assert.equal(series(text, "keepkv_engine_restarts_total"), 0);
         assert.ok((series(text, "keepkv_engine_resident_memory_bytes") ?? 0) > 1e6);
-        assert.equal(series(text, "keepkv_kv_cells_capacity"), 2 * 2048);
+        // the server's defaults: KeepKV, each sequence's budget (and so its capacity) half the context
+        assert.equal(series(text, "keepkv_kv_cells_capacity"), 2 * 1024);
         assert.ok(series(text, "keepkv_kv_cells_used") != null);
         assert.ok(series(text, "keepkv_kv_cache_usage_ratio") != null);
-        assert.equal(series(text, "keepkv_sequence_kv_cells_capacity", 'sequence="1"'), 2048);
+        assert.equal(series(text, "keepkv_sequence_kv_cells_capacity", 'sequence="1"'), 1024);
         for (const name of ["keepkv_kv_bytes_used", "keepkv_kv_bytes_allocated", "keepkv_kv_bytes_full"])
             assert.ok(series(text, name) != null, name);
-        assert.match(text, /keepkv_kv_merges_total\{policy="off"\} 0/);
-        assert.match(text, /keepkv_kv_evictions_total\{policy="off"\} 0/);
-        assert.match(text, /keepkv_kv_compression_seconds_total\{policy="off"\} 0/);
-        assert.match(text, /keepkv_config_info\{model_name="stories3M-q8_0.gguf",policy="off",variant="key",budget="none",.*cache_type_k="f16",cache_type_v="f16",context_size="2048",sequences="2".*\} 1/);
+        // short prompts: nothing compressed
+        assert.match(text, /keepkv_kv_merges_total\{policy="keepkv"\} 0/);
+        assert.match(text, /keepkv_kv_evictions_total\{policy="keepkv"\} 0/);
+        assert.match(text, /keepkv_kv_compression_seconds_total\{policy="keepkv"\} 0/);
+        assert.match(text, /keepkv_config_info\{model_name="stories3M-q8_0.gguf",policy="keepkv",variant="key",budget="0.5",.*cache_type_k="f16",cache_type_v="f16",context_size="2048",sequences="2".*\} 1/);
         assert.match(text, /^process_resident_memory_bytes /m);
         assert.ok((series(text, "keepkv_engine_ipc_latency_seconds_count") ?? 0) > 0);
         assert.doesNotMatch(text, /^[a-z_]+:/m, "no colons in metric names");
@@ -87,7 +89,7 @@ describe("Prometheus metrics", function () {
         });
         assert.equal(up, 1);
         const info = await prometheus.query("keepkv_config_info");
-        assert.equal(info[0]?.metric.policy, "off");
+        assert.equal(info[0]?.metric.policy, "keepkv");
     });
 });
 

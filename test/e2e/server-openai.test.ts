@@ -40,7 +40,8 @@ describe("OpenAI-compatible HTTP API (with the openai npm client)", function () 
         assert.ok(completion.usage!.completion_tokens > 0 && completion.usage!.completion_tokens <= 30);
         assert.equal(completion.usage!.total_tokens, completion.usage!.prompt_tokens + completion.usage!.completion_tokens);
         const extra = completion as unknown as { keepkv: { policy: string, cells_used: number }, timings: { ttft_ms: number } };
-        assert.equal(extra.keepkv.policy, "off");
+        // the server's defaults: KeepKV with half the context as each sequence's budget
+        assert.equal(extra.keepkv.policy, "keepkv");
         assert.ok(extra.timings.ttft_ms >= 0);
     });
 
@@ -131,8 +132,9 @@ describe("OpenAI-compatible HTTP API (with the openai npm client)", function () 
         assert.equal(slots.body.length, 2);
         const kv = await httpJson(`${server.url}/v1/kv`);
         assert.equal(kv.status, 200);
-        assert.equal(kv.body.policy, "off");
+        assert.equal(kv.body.policy, "keepkv");
         assert.equal(kv.body.sequences.length, 2);
-        assert.equal(kv.body.sequences[0].capacity, 2048);
+        assert.equal(kv.body.sequences[0].budget, 1024);
+        assert.equal(kv.body.sequences[0].capacity, 1024);
     });
 });

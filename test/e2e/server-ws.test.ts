@@ -46,8 +46,9 @@ describe("WebSocket API", function () {
         assert.equal(final.usage.total_tokens, final.usage.prompt_tokens + final.usage.completion_tokens);
         assert.ok(final.timings.total_ms >= final.timings.ttft_ms);
         assert.ok(final.kv != null);
-        assert.equal(final.kv.policy, "off");
-        assert.ok(final.kv.capacity >= 2048);
+        assert.equal(final.kv.policy, "keepkv");
+        assert.equal(final.kv.budget, 1024);
+        assert.equal(final.kv.capacity, 1024);
         assert.ok(final.kv.logical_tokens > 0);
         // the deltas come before the final, and nothing of this request comes after it
         const order = client.messages.filter((m) => "id" in m && m.id === run.id).map((m) => m.type);

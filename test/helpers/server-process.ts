@@ -5,14 +5,14 @@ import { startServer as startAnyServer, type ServerHandle, type StartOptions as 
 export { httpJson, serverEntry, waitFor, waitForHealth, type Exit, type ServerHandle } from "../../bench/lib/server-process.js";
 
 /**
- * Arguments every test server gets unless a test overrides them. stories3M without compression: the
- * server's own defaults (SmolLM2 with KeepKV at a budget) are tested by the tests that name them. One thread: the test machine is
+ * Arguments every test server gets unless a test overrides them. stories3M with the server's KeepKV defaults
+ * (policy, budget, selection), so that every server test runs the path users run. One thread: the test machine is
  * small and shared, and ggml's threads spin against each other on busy cores (measured: 50 tokens of
  * stories3M in 38 ms with 1 thread, minutes with 2 threads on 2 busy cores). A 2048-token context
  * per sequence lets a stream run long enough to be cancelled or killed in the middle.
  */
 export const testServerArgs = [
-    "--model", testModelPath(), "--policy", "off", "--threads", "1", "--context-size", "2048", "--log-level", "warn"
+    "--model", testModelPath(), "--threads", "1", "--context-size", "2048", "--log-level", "warn"
 ];
 
 export type StartOptions = Omit<BaseOptions, "defaultArgs"> & {
