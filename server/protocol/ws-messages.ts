@@ -101,7 +101,7 @@ export type WsStartMessage = {
     model: string,
     conversation_id: string | null,
     created: number,
-    /** requests ahead of this one in the queue when it was accepted (0: it runs at once) */
+    /** its place in the queue when it was accepted, from 1 (the next to run); 0: it runs at once */
     queue_position: number
 };
 export type WsDeltaMessage = {
