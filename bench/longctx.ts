@@ -1,4 +1,4 @@
-// npm run bench:longctx -- [--json] [--model PATH|smollm2] [--corpus PATH|kjv] [--tasks needle,multikey,before,multiturn]
+// npm run bench:longctx -- [--json] [--model PATH|smollm2] [--corpus PATH|kjv] [--tasks needle,multikey,before,hop,multiturn]
 //                           [--lengths 1024,2048,4096,8192] [--budgets 0.05,0.1,0.2,0.5] [--depths 0,0.25,0.5,0.75,1]
 //                           [--seeds 1] [--configs compact|all] [--only LABEL,...] [--settings streaming,prompt-end]
 //                           [--keepkv JSON] [--generate 8] [--threads 2]
@@ -6,7 +6,8 @@
 //
 // Long-context retrieval, where eviction is known to fail: a fact hidden at a depth of a long text, asked for
 // after it (needle), among three distractor facts (multikey), or asked for before the text (before; what
-// will be asked is known to the model but not at the end, where a scorer looks), and a fact given in the
+// will be asked is known to the model but not at the end, where a scorer looks), reached by two hops (hop:
+// the asked person's number is "the same as" another's, among distractors), and a fact given in the
 // first turn of a chat through the real server and asked for after thousands of tokens of later turns
 // (multiturn: bench/lib/longctx-multiturn.ts; the budget there is a fraction of the conversation). Generated from seeds,
 // scored exactly (the first number of the greedy reply is the fact's number). The budget is a fraction of

@@ -2,7 +2,7 @@
 // replies scored exactly. Used by bench/longctx.ts and the fast needle test.
 import type { LlamaModel } from "node-llama-cpp";
 import { compressSequence, createKeepKvContext, type KeepKvOptions, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant } from "../../server/engine/keepkv.js";
-import { needleAnswered, type NeedleCase } from "./longctx-tasks.js";
+import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
 import { removeCellsRaw } from "../../server/engine/native-context.js";
 import { rawDecode } from "./raw-decode.js";
@@ -21,7 +21,7 @@ export type LongctxConfig = {
     setting: LongctxSetting
 };
 
-export const longctxTasks = ["needle", "multikey", "before", "multiturn"] as const;
+export const longctxTasks = [...needleTasks, "multiturn"] as const;
 export type LongctxTask = typeof longctxTasks[number];
 
 export type LongctxRow = {

@@ -8,13 +8,14 @@
 import type { LlamaModel, Token } from "node-llama-cpp";
 import { seededRandom } from "../../lib/seeded-random.js";
 
-export const needleTasks = ["needle", "multikey", "before"] as const;
+export const needleTasks = ["needle", "multikey", "before", "hop"] as const;
 export type NeedleTask = typeof needleTasks[number];
 
 export const needleTaskDocs: Record<NeedleTask, string> = {
     needle: "one fact at the depth, the question after the text",
     multikey: "four facts about four people (three distractors spread over the text), the question about the one at the depth",
-    before: "one fact at the depth, the question before the text (unknown when the cache compresses) and only the answer's start after it"
+    before: "one fact at the depth, the question before the text (unknown when the cache compresses) and only the answer's start after it",
+    hop: "two hops: the fact at the depth, elsewhere a second person whose number is the same as the first's and two distractor facts; the question about the second"
 };
 
 export type NeedleCase = {
@@ -45,14 +46,17 @@ export function needleCase(model: LlamaModel, haystack: string, task: NeedleTask
     const random = seededRandom(seed);
     const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)]!;
     const people: { name: string, number: string }[] = [];
-    while (people.length < (task === "multikey" ? 4 : 1)) {
+    while (people.length < (task === "multikey" || task === "hop" ? 4 : 1)) {
         const name = `${pick(firstNames)} ${pick(lastNames)}`;
         if (people.every((p) => p.name !== name && p.name.split(" ")[0] !== name.split(" ")[0]))
             people.push({ name, number: String(10000 + Math.floor(random() * 90000)) });
     }
-    const asked = people[0]!;
+    // hop: people[0] holds the number, people[1] is asked for it by way of people[0], the others distract
+    const asked = task === "hop" ? people[1]! : people[0]!;
     const tokenize = (s: string) => model.tokenize(s, true) as Token[];
-    const fact = (p: { name: string, number: string }) => tokenize(` The secret number of ${p.name} is ${p.number}. `);
+    const fact = (p: { name: string, number: string }, i: number) => task === "hop" && i === 1
+        ? tokenize(` The secret number of ${p.name} is the same as the secret number of ${people[0]!.name}. `)
+        : tokenize(` The secret number of ${p.name} is ${p.number}. `);
 
     const head = tokenize("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         + (task === "before" ? `Find the secret number of ${asked.name} in this text.\n\n` : ""));
@@ -73,7 +77,7 @@ export function needleCase(model: LlamaModel, haystack: string, task: NeedleTask
     if (text.length < textTokens)
         throw new Error(`the text gave ${text.length} tokens, ${textTokens} wanted`);
 
-    // the asked fact at the depth; distractors at seeded depths at least a tenth of the text away from it
+    // the asked fact (hop: the number its question leads to) at the depth; the others at seeded depths at least a tenth of the text away from it
     const places = [{ at: Math.round(depth * text.length), tokens: facts[0]! }];
     for (const f of facts.slice(1)) {
         let d: number;
@@ -92,7 +96,7 @@ export function needleCase(model: LlamaModel, haystack: string, task: NeedleTask
         from = p.at;
     }
     prompt.push(...text.slice(from), ...tail);
-    return { task, length, depth, seed, prompt, answer: asked.number, needleAt };
+    return { task, length, depth, seed, prompt, answer: people[0]!.number, needleAt };
 }
 
 /** The seed of the case at a length and depth (and a repeat index), as bench:longctx numbers them. */
