@@ -46,6 +46,11 @@ export type KeepKvOptions = {
     recent?: number,
     /** Cosine similarity of keys below which a leaving cell is evicted instead of merged, in (0, 1]. */
     threshold?: number,
+    /**
+     * keepkv with score selection: fraction of the retained cells, the best attended, that receive no
+     * merges, in [0, 1); 0 = any retained cell may receive one.
+     */
+    protect?: number,
     /** Cells removed at least per automatic compression; 0 = budget/4. Larger: fewer, bigger compressions. */
     chunk?: number,
     /** Queries per sequence and batch observed to score the cells (the last ones). */
@@ -106,6 +111,10 @@ export const keepKvOptionDecls = {
     threshold: {
         type: "number", range: { exclusiveMinimum: 0, maximum: 1 }, default: 0.8,
         doc: "cosine similarity below which a leaving cell is evicted instead of merged."
+    },
+    protect: {
+        type: "number", range: { minimum: 0, exclusiveMaximum: 1 }, default: 0.5,
+        doc: "fraction of the retained cells, the best attended, that no leaving cell merges into (keepkv policy, score selection: a merge changes what later queries read there); 0 = any."
     },
     chunk: {
         type: "integer", range: { minimum: 0 }, default: 0, defaultDoc: "budget/4",
@@ -183,7 +192,7 @@ function intOption(options: KeepKvOptions, name: "sinks" | "recent" | "chunk" | 
     return value;
 }
 
-function numberOption(options: KeepKvOptions, name: "threshold" | "scoreDecay" | "queryDecay"): number {
+function numberOption(options: KeepKvOptions, name: "threshold" | "protect" | "scoreDecay" | "queryDecay"): number {
     const { range, default: fallback } = keepKvOptionDecls[name];
     const value = options[name] ?? fallback;
     if (typeof value !== "number" || !inRange(value, range))
@@ -209,6 +218,7 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
     if (typeof unifiedKvCache !== "boolean")
         throw invalid("unifiedKvCache", `must be true or false, got ${String(unifiedKvCache)}`);
     const threshold = numberOption(options, "threshold");
+    const protect = numberOption(options, "protect");
 
     let budgetCells: number | null = null;
     const budget = options.budget ?? keepKvDefaults.budget;
@@ -230,5 +240,5 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         if (chunk > budgetCells - sinks - recent)
             throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
     }
-    return { policy, variant, selection, sinks, recent, threshold, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
+    return { policy, variant, selection, sinks, recent, threshold, protect, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }

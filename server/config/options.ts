@@ -36,6 +36,7 @@ export type ServerConfig = {
     sinks: number,
     recent: number,
     threshold: number,
+    protect: number,
     chunk: number,
     observed: number,
     scoreDecay: number,
@@ -205,6 +206,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     sinks: { group: "keepkv", schema: keepKvSchema(kkv.sinks), default: kkv.sinks.default, doc: capitalize(kkv.sinks.doc) },
     recent: { group: "keepkv", schema: keepKvSchema(kkv.recent), default: kkv.recent.default, doc: capitalize(kkv.recent.doc) },
     threshold: { group: "keepkv", schema: keepKvSchema(kkv.threshold), default: kkv.threshold.default, doc: capitalize(kkv.threshold.doc) },
+    protect: { group: "keepkv", schema: keepKvSchema(kkv.protect), default: kkv.protect.default, doc: capitalize(kkv.protect.doc) },
     chunk: {
         group: "keepkv", schema: keepKvSchema(kkv.chunk), default: kkv.chunk.default,
         defaultDoc: `0 (${kkv.chunk.defaultDoc})`,

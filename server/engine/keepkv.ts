@@ -51,6 +51,7 @@ function toAddonParams(settings: KeepKvSettings) {
         chunk: settings.chunk,
         observed: settings.observed,
         threshold: settings.threshold,
+        protect: settings.protect,
         scoreDecay: settings.scoreDecay,
         queryDecay: settings.queryDecay,
         unifiedKvCache: settings.unifiedKvCache

@@ -31,6 +31,7 @@ export function engineSettingsFor(config: ServerConfig, modelPath: string, train
             sinks: config.sinks,
             recent: config.recent,
             threshold: config.threshold,
+            protect: config.protect,
             chunk: config.chunk,
             observed: config.observed,
             scoreDecay: config.scoreDecay,

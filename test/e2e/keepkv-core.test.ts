@@ -343,7 +343,9 @@ describe("KeepKV core", function () {
                 [{ budget: 4096 }, "budget"],
                 [{ budget: 2.5 }, "budget"],
                 [{ policy: "off", budget: 64 }, "budget"],
-                [{ scoreDecay: 1 }, "scoreDecay"]
+                [{ scoreDecay: 1 }, "scoreDecay"],
+                [{ protect: 1 }, "protect"],
+                [{ protect: -0.1 }, "protect"]
             ];
             for (const [options, option] of cases) {
                 assert.throws(() => resolveKeepKvSettings(options, 512), (err: unknown) =>
@@ -359,6 +361,7 @@ describe("KeepKV core", function () {
             await assert.rejects(raw({ policy: 4, threshold: 2 }), /KeepKV: the similarity threshold/);
             await assert.rejects(raw({ policy: 4, budget: 20, sinks: 4, recent: 32 }), /KeepKV: a budget of 20 cells/);
             await assert.rejects(raw({ policy: 0, budget: 64 }), /KeepKV: a KV budget needs a compression policy/);
+            await assert.rejects(raw({ policy: 4, protect: 1 }), /KeepKV: the protected fraction must be in \[0, 1\)/);
         });
 
         it("a refused context does not keep its model from being disposed, even once it is garbage collected", function () {
@@ -412,6 +415,34 @@ describe("KeepKV core", function () {
             } finally {
                 await context.dispose();
             }
+        });
+    });
+
+    describe("protect", function () {
+        // 150 of 300 cells leave, merged wherever the keys are not opposed (threshold near 0), with score selection: the merges go
+        // into the retained cells outside the best attended fraction `protect`, so the fewer the targets, the
+        // more mass a target's vote holds
+        const largestVote = async (protect: number) => {
+            const context = await createKeepKvContext(model, {
+                contextSize: 512, batchSize: 64, keepKv: { policy: "keepkv", selection: "score", threshold: 1e-6, protect }
+            });
+            try {
+                const sequence = context.getSequence();
+                await sequence.evaluateWithoutGeneratingNewTokens(promptTokens(model, text, 300));
+                assert.equal(await compressSequence(sequence, 150), 150);
+                const stats = await keepKvSequenceStats(sequence);
+                assert.equal(stats.cellsUsed, 150);
+                assert.ok(stats.merges > 75, `most leaving cells merged (${stats.merges})`);
+                return stats.voteMax;
+            } finally {
+                await context.dispose();
+            }
+        };
+
+        it("the best attended fraction of the retained cells receives no merges", async function () {
+            const [none, half, most] = [await largestVote(0), await largestVote(0.5), await largestVote(0.95)];
+            assert.ok(half > none, `largest vote with protect 0.5 (${half}) above protect 0 (${none})`);
+            assert.ok(most > 2 * half, `largest vote with protect 0.95 (${most}) well above protect 0.5 (${half})`);
         });
     });
 });
