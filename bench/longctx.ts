@@ -58,6 +58,8 @@ async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: s
     return rows;
 }
 
+/** An argument as a shell reads it back: quoted when it holds anything but plain characters. */
+const shellWord = (arg: string) => /^[\w.,:=/+-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, "'\\''")}'`;
 const accuracy = (rows: LongctxRow[]) => rows.length === 0 ? null : rows.filter((r) => r.correct).length / rows.length;
 const pct = (v: number | null) => v == null ? "" : `${Math.round(v * 100)}%`;
 
@@ -158,7 +160,7 @@ async function main(): Promise<void> {
         ...budgets.map((b, i) => ({ title: `${b * 100}% budget`, value: (s: Summary) => pct(s.byBudget[i]!) }))
     ];
     let md = `# Long-context retrieval, ${report.model}\n\n`
-        + `\`npm run bench:longctx -- ${process.argv.slice(2).join(" ")}\` (${report.seconds} s, ${report.machine.cpu}, ${report.machine.date.slice(0, 10)}).\n`
+        + `\`npm run bench:longctx -- ${process.argv.slice(2).map(shellWord).join(" ")}\` (${report.seconds} s, ${report.machine.cpu}, ${report.machine.date.slice(0, 10)}).\n`
         + `Accuracy over lengths ${lengths.join(", ")} and depths ${depths.join(", ")} (${Number(args.seeds)} seed(s) each); the budget is a fraction of the prompt.\n\n`
         + tasks.map((t) => `- **${t}**: ${taskDocs[t]}`).join("\n") + "\n\n"
         + markdownTable(summaries, columns) + "\n";

@@ -1,6 +1,7 @@
 // npm run bench:quality -- [--json] [--model PATH|smollm2|stories3m] [--corpus PATH|kjv|tinystories] [--context 512]
 //                           [--budgets 0.1,0.2,0.5] [--windows 8] [--chunk 16] [--prompts 8] [--prompt-tokens 64]
-//                           [--generate 128] [--configs all|compact|budgets] [--recent 16] [--spread] [--out quality]
+//                           [--generate 128] [--configs all|compact|budgets] [--only LABEL,...] [--keepkv JSON]
+//                           [--recent 16] [--spread] [--out quality]
 //
 // Perplexity of held-out text, evaluated in windows of the logical context with the cache compressing as it
 // goes (a streaming evaluation: the window is decoded `chunk` tokens at a time, so a budget forces many
@@ -9,8 +10,9 @@
 // with the full cache: over N prompts from the corpus, the fraction of the first `generate` tokens identical
 // to what the full cache generates. Long prompts (--prompt-tokens beyond the budget) make the greedy agreement
 // measure generation from a compressed cache. --configs compact keeps one row per policy and selection
-// (the 8k runs); budgets runs only the full cache and keepkv with the server's settings (for choosing its default budget). --out names
-// the folder under results/.
+// (the 8k runs); budgets runs only the full cache and keepkv with the server's settings (for choosing its default budget). --only
+// keeps the full cache (the greedy reference) and the rows of those labels (as the progress lines name them, e.g.
+// "keepkv/key 0.1"); --keepkv '{"protect":0}' adds KeepKV options to every compressing row. --out names the folder under results/.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { LlamaModel, Token } from "node-llama-cpp";
@@ -53,6 +55,8 @@ async function main(): Promise<void> {
         generate: { type: "number", default: 128 },
         threads: { type: "number", default: 1 },
         configs: { type: "enum", values: ["all", "compact", "budgets"], default: "all" },
+        only: { type: "string", default: "" },
+        keepkv: { type: "string", default: "{}" },
         recent: { type: "number", default: 16 },
         out: { type: "string", default: "quality" },
         spread: { type: "boolean", default: false }
@@ -118,6 +122,15 @@ async function main(): Promise<void> {
         configs.push({ policy: "off", variant: null, selection: "policy", budget: null, cacheType: "q4_0", label: "full cache q4_0" });
     }
 
+    const only = String(args.only) === "" ? null : String(args.only).split(",");
+    if (only != null) {
+        const unknown = only.filter((l) => !configs.some((c) => c.label === l));
+        if (unknown.length > 0)
+            throw new Error(`--only: no row ${unknown.map((l) => JSON.stringify(l)).join(", ")}; rows: ${configs.map((c) => c.label).join(", ")}`);
+        configs.splice(0, configs.length, ...configs.filter((c, i) => i === 0 || only.includes(c.label)));
+    }
+    const extra = JSON.parse(String(args.keepkv)) as KeepKvOptions;
+
     const bytesFullF16 = (await kvBytesPerCell(model, "f16")) * contextSize;
 
     let reference: Token[][] | null = null;
@@ -127,7 +140,7 @@ async function main(): Promise<void> {
         const started = Date.now();
         const keepKv: KeepKvOptions = c.policy === "off"
             ? { policy: "off" }
-            : { policy: c.policy, variant: c.variant ?? "key", selection: c.selection, budget: Math.floor(c.budget! * contextSize), recent: Number(args.recent), sinks: 4 };
+            : { policy: c.policy, variant: c.variant ?? "key", selection: c.selection, budget: Math.floor(c.budget! * contextSize), recent: Number(args.recent), sinks: 4, ...extra };
         const context = await createKeepKvContext(model, {
             contextSize, batchSize: chunk, flashAttention: true, threads: Number(args.threads),
             experimentalKvCacheKeyType: ggmlTypeName[c.cacheType], experimentalKvCacheValueType: ggmlTypeName[c.cacheType],
@@ -188,6 +201,7 @@ async function main(): Promise<void> {
         prompts: prompts.length,
         promptTokens,
         generate: Number(args.generate),
+        keepKv: extra,
         note: "perplexity of held-out text in windows of the logical context, decoded `chunk` tokens at a time so that the cache compresses as it goes; flash attention on (needed by quantized V); kvBytes = K/V bytes allocated (a budget allocates exactly its cells)",
         rows
     };
@@ -209,7 +223,8 @@ async function main(): Promise<void> {
     fs.writeFileSync(path.join(dir, "quality.json"), JSON.stringify(out, null, 2) + "\n");
     fs.writeFileSync(path.join(dir, "quality.md"),
         `Model ${out.model}, corpus ${out.corpus}, context ${contextSize}, ${out.evaluatedTokens} evaluated tokens, chunk ${chunk}, recent ${out.recent}; ` +
-        `greedy agreement over ${prompts.length} prompts of ${promptTokens} tokens, ${out.generate} generated; ${out.machine.cpu}, ${out.machine.cores} cores.\n\n` +
+        `greedy agreement over ${prompts.length} prompts of ${promptTokens} tokens, ${out.generate} generated; ${out.machine.cpu}, ${out.machine.cores} cores` +
+        `${Object.keys(extra).length > 0 ? `; KeepKV options of every compressing row: ${JSON.stringify(extra)}` : ""}.\n\n` +
         markdownTable(rows, columns));
     const bySeries = new Map<string, { x: number, y: number }[]>();
     for (const r of rows) {
