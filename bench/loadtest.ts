@@ -180,30 +180,41 @@ export async function runLoadTest(opts: LoadTestOptions, progress: (line: string
             }
             await sleep(200);
         }
-        // one request per sequence, a moment apart (each is placed before the next arrives), long enough
-        // to overlap: each must start at once, on a sequence of its own
+        // one request per sequence, a moment apart (each is placed before the next arrives): each must start
+        // at once, and together they must reach every sequence. A request that ends early (an end of text at
+        // temperature 1) frees its sequence for a later one of the round, so rounds repeat until every
+        // sequence has been seen to start a request; a sequence that never came back is never free, and never seen
         const probe = await WsClient.connect(ctx.wsUrl, { headers, record: false });
-        const probes: Promise<{ immediate: boolean, sequence: number | null }>[] = [];
-        for (let i = 0; i < sequences; i++) {
-            probes.push(new Promise((resolve) => {
-                const id = `probe${i}`;
-                let immediate = false;
-                probe.route(id, (m) => {
-                    if (m.type === "start")
-                        immediate = m.queue_position === 0;
-                    else if (m.type === "final")
-                        resolve({ immediate, sequence: m.kv?.sequence ?? null });
-                    else if (m.type === "error" || m.type === "closed")
-                        resolve({ immediate: false, sequence: null });
-                });
-                probe.send({ type: "chat", id, prompt: "Once upon a time", max_tokens: Math.max(64, opts.maxTokens), temperature: 1 });
-            }));
-            await sleep(25);
+        const seen = new Set<number>();
+        let queued = 0;
+        for (let round = 0; round < 5 && seen.size < sequences && queued === 0; round++) {
+            const probes: Promise<{ immediate: boolean, sequence: number | null }>[] = [];
+            for (let i = 0; i < sequences; i++) {
+                probes.push(new Promise((resolve) => {
+                    const id = `probe${round}-${i}`;
+                    let immediate = false;
+                    probe.route(id, (m) => {
+                        if (m.type === "start")
+                            immediate = m.queue_position === 0;
+                        else if (m.type === "final")
+                            resolve({ immediate, sequence: m.kv?.sequence ?? null });
+                        else if (m.type === "error" || m.type === "closed")
+                            resolve({ immediate: false, sequence: null });
+                    });
+                    probe.send({ type: "chat", id, prompt: "Once upon a time", max_tokens: Math.max(64, opts.maxTokens), temperature: 1 });
+                }));
+                await sleep(25);
+            }
+            for (const p of await Promise.all(probes)) {
+                if (p.immediate && p.sequence != null)
+                    seen.add(p.sequence);
+                else
+                    queued++;
+            }
         }
-        const probed = await Promise.all(probes);
         await probe.close();
-        const distinct = new Set(probed.filter((p) => p.immediate).map((p) => p.sequence)).size;
-        leaked = Math.max(leaked, sequences - distinct);
+        // with every sequence free, a request that waits means one did not come back
+        leaked = Math.max(leaked, sequences - seen.size, queued > 0 ? 1 : 0);
 
         const diff = (name: string, labels = "") => metric(after, name, labels) - metric(before, name, labels);
         const finished: Record<string, number> = {};
