@@ -1,6 +1,6 @@
 // npm run bench:longctx -- [--json] [--model PATH|smollm2] [--corpus PATH|kjv] [--tasks needle,multikey,before,hop,multiturn]
 //                           [--lengths 1024,2048,4096,8192] [--budgets 0.05,0.1,0.2,0.5] [--depths 0,0.25,0.5,0.75,1]
-//                           [--seeds 1] [--configs compact|all] [--only LABEL,...] [--settings streaming,prompt-end]
+//                           [--seeds 1] [--configs compact|all] [--only LABEL,...] [--settings streaming,prompt-end,probe]
 //                           [--keepkv JSON] [--generate 8] [--threads 2]
 //                           [--multiturn-tokens 7000] [--multiturn-seeds 3] [--out longctx]
 //
@@ -13,7 +13,10 @@
 // scored exactly (the first number of the greedy reply is the fact's number). The budget is a fraction of
 // the prompt's length, in cells. In the streaming setting the cache compresses as the prompt is evaluated,
 // batch by batch, as the server does; in the prompt-end setting (SnapKV's, where the field's figures come
-// from) the whole prompt is evaluated, then compressed once with the scores of its last queries. The full cache is the ceiling; every policy and selection runs on the same cases in one run.
+// from) the whole prompt is evaluated, then compressed once with the scores of its last queries; in the probe
+// setting the budget holds as in streaming, and each compression is scored by the prompt's last 32 tokens (the
+// question), evaluated after the text so far and removed again (bench/lib/longctx-run.ts). The full cache is
+// the ceiling; every policy and selection runs on the same cases in one run.
 // Writes results/<out>/longctx.json, longctx.md, accuracy-<task>.png and needle-heatmap-<budget>.png.
 import * as fs from "node:fs";
 import * as path from "node:path";

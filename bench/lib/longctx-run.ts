@@ -1,19 +1,26 @@
 // One configuration (a policy, selection and budget) run over long-context cases in one context: greedy
 // replies scored exactly. Used by bench/longctx.ts and the fast needle test.
-import type { LlamaModel } from "node-llama-cpp";
-import { compressSequence, createKeepKvContext, type KeepKvOptions, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant } from "../../server/engine/keepkv.js";
+import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
+import {
+    compressSequence, createKeepKvContext, keepKvSequenceStats, keepKvSettingsOf, type KeepKvOptions, type KeepKvPolicy,
+    type KeepKvSelection, type KeepKvVariant
+} from "../../server/engine/keepkv.js";
+import { keepKvDefaults } from "../../lib/keepkv-options.js";
 import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
-import { removeCellsRaw } from "../../server/engine/native-context.js";
+import { decodeRaw, removeCellsRaw } from "../../server/engine/native-context.js";
 import { rawDecode } from "./raw-decode.js";
 
 /**
  * streaming: the budget holds from the first token, the cache compresses as the prompt is evaluated (what the
  * server does: memory never exceeds the budget). prompt-end: the whole prompt is evaluated into a full cache,
  * then compressed once down to the budget with scores from the prompt's last queries only (the question:
- * SnapKV's setting, and the one the field's published figures use); memory peaks at the prompt.
+ * SnapKV's setting, and the one the field's published figures use); memory peaks at the prompt. probe: the
+ * budget holds from the first token as in streaming, but before each compression the prompt's last tokens
+ * (the question, known before the prompt is evaluated) are evaluated after the text so far, score the cells,
+ * and leave again (see evaluateWithProbe).
  */
-export const longctxSettings = ["streaming", "prompt-end"] as const;
+export const longctxSettings = ["streaming", "prompt-end", "probe"] as const;
 export type LongctxSetting = typeof longctxSettings[number];
 
 export type LongctxConfig = {
@@ -65,7 +72,7 @@ export function longctxRow(config: LongctxConfig, budgetCells: number | null,
 
 /** Runs the cases of one length under one configuration in one context; returns a row per case. */
 export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases: NeedleCase[],
-    opts: { threads: number, generate: number, keepKv?: KeepKvOptions }): Promise<LongctxRow[]> {
+    opts: { threads: number, generate: number, keepKv?: KeepKvOptions, probe?: number }): Promise<LongctxRow[]> {
     const length = cases[0]!.length;
     const budgetCells = config.budget == null ? null : Math.round(config.budget * length);
     const streaming = config.setting === "streaming";
@@ -76,9 +83,12 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
         keepKv: config.policy === "off" ? { policy: "off" } : {
             policy: config.policy, budget: streaming ? budgetCells : null, selection: config.selection,
             ...config.variant != null ? { variant: config.variant } : {},
-            // at the prompt's end the scores are those of its last batch's last queries alone
+            // at the prompt's end (and in a probe) the scores are those of the last batch's last queries alone
             ...streaming ? {} : { scoreDecay: 0 },
-            ...opts.keepKv
+            ...opts.keepKv,
+            // a probe is the last cells of the sequence while it scores: the text's own recent window stays
+            // behind it (and with it the text's last position, where the next chunk continues)
+            ...config.setting === "probe" ? { recent: (opts.keepKv?.recent ?? keepKvDefaults.recent) + (opts.probe ?? defaultProbeTokens) } : {}
         }
     });
     const batch = context.batchSize;
@@ -86,8 +96,12 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
     try {
         const rows: LongctxRow[] = [];
         for (const c of cases) {
-            let logits = await evaluatePrompt(context, 0, c.prompt, batch);
-            if (!streaming && budgetCells != null) {
+            let logits: Float32Array;
+            if (config.setting === "probe" && budgetCells != null)
+                logits = await evaluateWithProbe(context, sequence, c.prompt, budgetCells, opts.probe ?? defaultProbeTokens);
+            else
+                logits = await evaluatePrompt(context, 0, c.prompt, batch);
+            if (config.setting === "prompt-end" && budgetCells != null) {
                 await compressSequence(sequence, c.prompt.length - budgetCells);
                 // the logits of the prompt's last token were computed before the compression: compute them
                 // again on the compressed cache, as a question asked after it would be
@@ -103,6 +117,44 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
     } finally {
         await context.dispose();
     }
+}
+
+export const defaultProbeTokens = 32;
+
+/**
+ * Evaluates a prompt in sequence 0 of `context` so that it never holds more than `budget` cells, compressing
+ * with the scores of the prompt's last `probe` tokens: the text before them is evaluated chunk by chunk into at
+ * most budget - probe cells; before a chunk would take it over, the probe is evaluated at the positions it
+ * will have at the end, the policy removes what the chunk needs with the probe's scores (and, for keepkv, its
+ * last query as the one the merges keep exact), and the probe's cells are removed again, with any cell merged
+ * into them. The probe is evaluated for good at the end. Returns the last token's logits.
+ */
+export async function evaluateWithProbe(context: LlamaContext, sequence: LlamaContextSequence, prompt: Token[], budget: number,
+    probe: number): Promise<Float32Array> {
+    const { sinks, recent } = keepKvSettingsOf(context);
+    const probeAt = Math.max(0, prompt.length - probe);
+    const limit = budget - (prompt.length - probeAt);
+    // a compression needs room for a chunk after the sinks, the text's recent window and the probe (the
+    // context's recent window holds both)
+    const chunk = Math.floor((limit - sinks - Math.max(0, recent - probe)) / 4);
+    if (chunk < 1)
+        throw new Error(`a budget of ${budget} cells leaves no room for a probe of ${probe} tokens (sinks ${sinks}, recent ${recent})`);
+    await removeCellsRaw(context, 0, 0, -1);
+    let cells = 0;
+    for (let pos = 0; pos < probeAt; ) {
+        const n = Math.min(chunk, probeAt - pos);
+        if (cells + n > limit) {
+            // right after the text so far: llama.cpp takes a sequence's tokens only at consecutive positions
+            await decodeRaw(context, [{ seq: 0, pos, tokens: prompt.slice(probeAt) }]);
+            await compressSequence(sequence, cells + n - limit);
+            await removeCellsRaw(context, 0, pos, -1);
+            cells = (await keepKvSequenceStats(sequence)).cellsUsed;
+        }
+        await decodeRaw(context, [{ seq: 0, pos, tokens: prompt.slice(pos, pos + n) }]);
+        cells += n;
+        pos += n;
+    }
+    return await rawDecode(context, 0, probeAt, prompt.slice(probeAt));
 }
 
 /** The server's command-line arguments for a configuration (the budget in cells). */
