@@ -261,7 +261,7 @@ describe("dashboard chatting with SmolLM2-135M-Instruct (the default model, Keep
         await page.locator('#connection[data-state="open"]').waitFor();
         await page.locator("#settings dd").first().waitFor();
         assert.match(await page.textContent("#settings") ?? "", /SmolLM2-135M-Instruct/);
-        const bubble = await sendAndWait(page, "What is the capital of France?", { maxTokens: 48, temperature: 0 });
+        const bubble = await sendAndWait(page, "What is the capital of France? Answer in one sentence.", { maxTokens: 48, temperature: 0 });
         assert.equal(await finished(page, bubble), "stop");
         const text = await bubble.locator(".msg-text").textContent() ?? "";
         assert.match(text, /Paris/);

@@ -161,9 +161,11 @@ describe("KeepKV core", function () {
         // the prompt's batch: F16 weights round differently). Bounds are the measured values with margin
         // (results/perturbation/perturbation.md, npm run bench:perturbation -- --suite).
         const gqaCases = [
-            // measured: keepkv 1.3e-2 (floor 8.8e-3), KL 8.5e-7 (floor 6.7e-7); evict 0.18, KL 7.5e-5
+            // measured: keepkv 1.3e-2 (floor 8.8e-3), KL 8.5e-7 (floor 6.7e-7); evict 0.18, KL 7.5e-5 (a CPU
+            // without AVX2: keepkv 1.3e-2 (floor 1.2e-2), KL 3.9e-6 (floor 3.3e-6); evict 0.17, KL 7.6e-5)
             { flashAttention: false, cacheType: "f16", maxAbs: 0.03, ratioEvict: 5, ratioNaive: 5, klRatioEvict: 20, klOverFloor: 3 },
-            // measured: keepkv 2.4e-2 (floor 1.6e-2), KL 5.1e-6 (floor 3.6e-6); evict 0.17, KL 5.6e-5
+            // measured: keepkv 2.4e-2 (floor 1.6e-2), KL 5.1e-6 (floor 3.6e-6); evict 0.17, KL 5.6e-5 (without
+            // AVX2: keepkv 2.7e-2 (floor 1.4e-2), KL 2.2e-6 (floor 1.1e-6); evict 0.16, KL 6.7e-5)
             { flashAttention: true, cacheType: "f16", maxAbs: 0.04, ratioEvict: 4, ratioNaive: 4, klRatioEvict: 5, klOverFloor: 3 }
         ] as const;
         async function measureGqa(flashAttention: boolean, cacheType: "f16" | "q8_0") {
@@ -185,7 +187,10 @@ describe("KeepKV core", function () {
                 assert.ok(k.maxAbsLogitDiff <= c.maxAbs, `keepkv ${k.maxAbsLogitDiff} <= ${c.maxAbs}`);
                 assert.ok(k.maxAbsLogitDiff * c.ratioEvict <= evict.maxAbsLogitDiff, `keepkv ${k.maxAbsLogitDiff} vs evict ${evict.maxAbsLogitDiff}`);
                 assert.ok(k.maxAbsLogitDiff * c.ratioNaive <= naive.maxAbsLogitDiff, `keepkv ${k.maxAbsLogitDiff} vs merge-naive ${naive.maxAbsLogitDiff}`);
-                assert.ok(k.klDivergence * c.klRatioEvict <= evict.klDivergence, `KL keepkv ${k.klDivergence} vs evict ${evict.klDivergence}`);
+                // KL above the floor: the floor is rounding, not the method, and it differs by CPU (without AVX2,
+                // flash attention off: 3.3e-6, keepkv 3.9e-6, evict 7.6e-5)
+                assert.ok((k.klDivergence - floor.klDivergence) * c.klRatioEvict <= evict.klDivergence - floor.klDivergence,
+                    `KL keepkv ${k.klDivergence} vs evict ${evict.klDivergence}, both above the floor ${floor.klDivergence}`);
                 assert.ok(k.klDivergence <= c.klOverFloor * floor.klDivergence, `KL keepkv ${k.klDivergence} vs the floor ${floor.klDivergence}`);
             });
         }

@@ -1,4 +1,4 @@
-// The load test, CI-sized: `npm run loadtest -- --clients 12 --duration 25 --json` against a real server
+// The load test, CI-sized: `npm run loadtest -- --clients 12 --duration 40 --json` against a real server
 // under a KeepKV budget (the full run is 32 clients for 5 minutes; see docs/reliability.md). Timing is
 // reported, never judged; correctness is: no failure the load test did not provoke, every sequence back
 // in the pool, no engine restart, a clean exit on SIGTERM, the server's own counts agreeing with the
@@ -13,7 +13,7 @@ import { repoRoot } from "../../lib/paths.js";
 import { seededRandom } from "../../lib/seeded-random.js";
 
 const clients = Number(process.env.KEEPKV_LOADTEST_CLIENTS ?? 12);
-const duration = Number(process.env.KEEPKV_LOADTEST_DURATION ?? 25);
+const duration = Number(process.env.KEEPKV_LOADTEST_DURATION ?? 40);
 
 function runLoadTest(args: string[]): Promise<{ code: number | null, stdout: string, stderr: string }> {
     return new Promise((resolve) => {
