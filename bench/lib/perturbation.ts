@@ -26,6 +26,8 @@ export type PerturbationResult = {
     cellsRemoved: number,
     maxAbsLogitDiff: number,
     klDivergence: number,
+    /** KL against the recomputation with nothing removed (the same kernels): the compression's own part */
+    klVsRecomputed: number,
     merges: number,
     evictions: number
 };
@@ -102,13 +104,15 @@ export async function measurePerturbation(opts: PerturbationOptions): Promise<Pe
     // the cells to remove: what the score-based policies pick, the same for every policy; and the floor
     let positions: number[];
     let floor: PerturbationMeasurement["floor"];
+    let recomputed: Float32Array;
     {
         const context = await createKeepKvContext(model, { ...contextOptions, keepKv: { policy: "evict" } });
         const sequence = context.getSequence();
         const before = await evaluateLast(sequence, tokens);
         positions = await selectForCompression(sequence, nRemove);
         await sequence.eraseContextTokenRanges([{ start: n - 1, end: n }]);
-        const { maxAbs, kl } = compareLogits(before, await evaluateLast(sequence, [tokens[n - 1]!]));
+        recomputed = await evaluateLast(sequence, [tokens[n - 1]!]);
+        const { maxAbs, kl } = compareLogits(before, recomputed);
         floor = { maxAbsLogitDiff: maxAbs, klDivergence: kl };
         await context.dispose();
     }
@@ -131,6 +135,7 @@ export async function measurePerturbation(opts: PerturbationOptions): Promise<Pe
             cellsRemoved: removed,
             maxAbsLogitDiff: maxAbs,
             klDivergence: kl,
+            klVsRecomputed: compareLogits(recomputed, after).kl,
             merges: stats.merges,
             evictions: stats.evictions
         });

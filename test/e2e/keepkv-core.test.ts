@@ -187,10 +187,11 @@ describe("KeepKV core", function () {
                 assert.ok(k.maxAbsLogitDiff <= c.maxAbs, `keepkv ${k.maxAbsLogitDiff} <= ${c.maxAbs}`);
                 assert.ok(k.maxAbsLogitDiff * c.ratioEvict <= evict.maxAbsLogitDiff, `keepkv ${k.maxAbsLogitDiff} vs evict ${evict.maxAbsLogitDiff}`);
                 assert.ok(k.maxAbsLogitDiff * c.ratioNaive <= naive.maxAbsLogitDiff, `keepkv ${k.maxAbsLogitDiff} vs merge-naive ${naive.maxAbsLogitDiff}`);
-                // KL above the floor: the floor is rounding, not the method, and it differs by CPU (without AVX2,
-                // flash attention off: 3.3e-6, keepkv 3.9e-6, evict 7.6e-5)
-                assert.ok((k.klDivergence - floor.klDivergence) * c.klRatioEvict <= evict.klDivergence - floor.klDivergence,
-                    `KL keepkv ${k.klDivergence} vs evict ${evict.klDivergence}, both above the floor ${floor.klDivergence}`);
+                // against the recomputation with nothing removed, so that the floor (rounding, which differs by CPU:
+                // without AVX2, flash attention off, 3.3e-6 of keepkv's 3.9e-6) is not counted as the method's; there keepkv 3.0e-6,
+                // evict 6.5e-5
+                assert.ok(k.klVsRecomputed * c.klRatioEvict <= evict.klVsRecomputed,
+                    `KL keepkv ${k.klVsRecomputed} vs evict ${evict.klVsRecomputed}, each against the recomputation`);
                 assert.ok(k.klDivergence <= c.klOverFloor * floor.klDivergence, `KL keepkv ${k.klDivergence} vs the floor ${floor.klDivergence}`);
             });
         }
