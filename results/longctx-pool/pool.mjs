@@ -24,6 +24,8 @@ for (const d of DEPTHS) for (let s = 0; s < SEEDS; s++) cases.push(needleCase(mo
 const budgetCells = Math.round(BUDGET * LEN);
 const tally = {};
 const statePath = "/tmp/pool.state";
+// the cells radius 0 removes, to count how many a radius changes
+let base = new Set();
 for (const policy of POLICIES) {
     const context = await createKeepKvContext(model, { contextSize: LEN + 8, threads: 2, batchSize: 512,
         keepKv: { policy, budget: null, selection: "policy", scoreDecay: 0 } });
@@ -55,8 +57,8 @@ for (const policy of POLICIES) {
             });
             pooled.sort((a, b) => a.m - b.m || a.r - b.r);
             const remove = pooled.slice(0, N).map((x) => x.p).sort((a, b) => a - b);
-            if (w === RADII[0]) globalThis.base = new Set(remove);
-            const changed = remove.filter((p) => !globalThis.base.has(p)).length;
+            if (w === RADII[0]) base = new Set(remove);
+            const changed = remove.filter((p) => !base.has(p)).length;
             await compressSequence(seq, remove);
             const last = c.prompt.length - 1;
             await removeCellsRaw(context, 0, last, last + 1);
