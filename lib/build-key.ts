@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { buildManifestPath, llamaPatchesDir, nlcLocalBuildsDir, nlcPackageDir, nlcPatchesDir } from "./paths.js";
 
 /** Bump when the build recipe itself changes in a way that changes the binary. */
-export const buildRecipeVersion = 1;
+export const buildRecipeVersion = 2; // 2: no AVX512-FP16 arithmetic (cpuCmakeOptions)
 
 export type BuildGpu = false | "cuda" | "vulkan" | "metal";
 
@@ -59,15 +59,52 @@ function sha256(data: string | Buffer): string {
     return createHash("sha256").update(data).digest("hex");
 }
 
-function cpuFlags(): string {
-    // GGML_NATIVE=ON builds for this CPU: a binary built elsewhere may not run here
+/** The CPU's flags line of /proc/cpuinfo, or null where there is none (not Linux). */
+function cpuFlagsLine(): string | null {
     try {
         const info = fs.readFileSync("/proc/cpuinfo", "utf8");
-        const line = info.split("\n").find((l) => l.startsWith("flags") || l.startsWith("Features"));
-        return line != null ? sha256(line) : os.cpus()[0]?.model ?? "unknown";
+        return info.split("\n").find((l) => l.startsWith("flags") || l.startsWith("Features")) ?? null;
     } catch {
-        return os.cpus()[0]?.model ?? "unknown";
+        return null;
     }
+}
+
+function cpuFlags(): string {
+    // the build is for this CPU: a binary built elsewhere may not run here
+    const line = cpuFlagsLine();
+    return line != null ? sha256(line) : os.cpus()[0]?.model ?? "unknown";
+}
+
+// ggml's CMake options for x86 instruction sets, and the /proc/cpuinfo flags each needs
+const x86Features: [string, string[]][] = [
+    ["GGML_SSE42", ["sse4_2"]], ["GGML_F16C", ["f16c"]], ["GGML_FMA", ["fma"]], ["GGML_BMI2", ["bmi2"]],
+    ["GGML_AVX", ["avx"]], ["GGML_AVX2", ["avx2"]], ["GGML_AVX_VNNI", ["avx_vnni"]],
+    ["GGML_AVX512", ["avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"]],
+    ["GGML_AVX512_VBMI", ["avx512vbmi"]], ["GGML_AVX512_VNNI", ["avx512_vnni"]], ["GGML_AVX512_BF16", ["avx512_bf16"]],
+    ["GGML_AMX_TILE", ["amx_tile"]], ["GGML_AMX_INT8", ["amx_int8"]], ["GGML_AMX_BF16", ["amx_bf16"]]
+];
+
+/**
+ * CMake options that pick the CPU's instruction sets, where -march=native (ggml's GGML_NATIVE, the default)
+ * would be wrong for us: on an x86 CPU with AVX512-FP16, -march=native makes ggml add and multiply F16 vectors
+ * in F16 (simd-mappings.h), so F16 dot products (F16 weights, attention over an F16 cache without flash
+ * attention) keep about three significant digits. Measured on such a CPU (Xeon, stories3M): recomputing the last
+ * token moved its logits by 0.43 where they move by 0 otherwise, and a vote of 2 differed from two copies of the
+ * cell by 0.33 logits, which hides what KeepKV changes under rounding. There every instruction set ggml knows is
+ * named from /proc/cpuinfo instead, which leaves FP16 arithmetic out (no ggml option turns it on), as
+ * node-llama-cpp's prebuilt CPU variants do. Elsewhere: none (-march=native).
+ */
+export function cpuCmakeOptions(): Record<string, string> {
+    const line = cpuFlagsLine();
+    if (process.arch !== "x64" || line == null)
+        return {};
+    const flags = new Set(line.split(/\s+/));
+    if (!flags.has("avx512_fp16"))
+        return {};
+    const options: Record<string, string> = { GGML_NATIVE: "OFF" };
+    for (const [option, needs] of x86Features)
+        options[option] = needs.every((f) => flags.has(f)) ? "ON" : "OFF";
+    return options;
 }
 
 function compilerVersion(): string {

@@ -16,7 +16,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { parseArgs } from "node:util";
 import {
-    BuildFlavor, BuildGpu, BuildManifest, buildDigest, buildInputsOf, computeBuildKey, listPatches, parseBuildGpu, readBuildManifest
+    BuildFlavor, BuildGpu, BuildManifest, buildDigest, buildInputsOf, computeBuildKey, cpuCmakeOptions, listPatches, parseBuildGpu,
+    readBuildManifest
 } from "../lib/build-key.js";
 import { ccacheLauncherOptions, commandExists } from "./lib/cmake.js";
 import { describeParseArgsError, isParseArgsError } from "./lib/command-line.js";
@@ -183,7 +184,7 @@ export async function buildPatchedLlama(opts: { gpu: BuildGpu, force?: boolean }
  * and every CMake option it got.
  */
 async function runSourceBuild(flavor: BuildFlavor, gpu: BuildGpu, options: Record<string, string>): Promise<{ folderName: string, cmakeOptions: Record<string, string> }> {
-    const cmakeOptions = { ...options, ...ccacheLauncherOptions() };
+    const cmakeOptions = { ...options, ...cpuCmakeOptions(), ...ccacheLauncherOptions() };
     if (cmakeOptions.CMAKE_C_COMPILER_LAUNCHER == null)
         log("ccache not found: every rebuild will be a full build (Debian: apt-get install ccache)");
 
