@@ -94,9 +94,8 @@ const x86Features: [string, string[]][] = [
  * named from /proc/cpuinfo instead, which leaves FP16 arithmetic out (no ggml option turns it on), as
  * node-llama-cpp's prebuilt CPU variants do. Elsewhere: none (-march=native).
  */
-export function cpuCmakeOptions(): Record<string, string> {
-    const line = cpuFlagsLine();
-    if (process.arch !== "x64" || line == null)
+export function cpuCmakeOptions(line = cpuFlagsLine(), arch: string = process.arch): Record<string, string> {
+    if (arch !== "x64" || line == null)
         return {};
     const flags = new Set(line.split(/\s+/));
     if (!flags.has("avx512_fp16"))
