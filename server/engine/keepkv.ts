@@ -135,6 +135,34 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
     });
 }
 
+/** What a live context's compression can change to (llama_keepkv_set_params): what acts when cells leave. */
+export type KeepKvCompressionChange = Pick<KeepKvOptions, "policy" | "variant" | "selection" | "threshold" | "protect">;
+
+/**
+ * Changes how a live context compresses: its policy (not to or from "off"), variant, selection, threshold and
+ * protected fraction. The other settings size the cache or shape its graphs and stay. A selection by score is
+ * refused where the context keeps no scores (its selection is by recency). For tools that compress the same
+ * prompt by several policies (a copy of the sequence each); the server never changes them.
+ */
+export async function setKeepKvCompression(context: LlamaContext, change: KeepKvCompressionChange): Promise<KeepKvSettings> {
+    requireEnabled(context);
+    const current = keepKvSettingsOf(context);
+    const { budgetCells, ...rest } = current;
+    const given = Object.fromEntries(Object.entries(change).filter(([, v]) => v !== undefined));
+    const next = resolveKeepKvSettings({ ...rest, budget: budgetCells ?? undefined, ...given }, context.contextSize);
+    if (next.policy === "off")
+        throw new KeepKvError("KEEPKV_INVALID_OPTION", "the policy of a live context cannot be turned off");
+    await underContextLock(context, () => {
+        try {
+            nativeKeepKvOf(context).keepKvSetParams(toAddonParams(next));
+        } catch (err) {
+            throw new KeepKvError("KEEPKV_INVALID_OPTION", errorMessage(err));
+        }
+    });
+    contextSettings.set(context, next);
+    return next;
+}
+
 /** The positions the policy would remove if `n` cells had to leave now, without removing them. */
 export async function selectForCompression(sequence: LlamaContextSequence, n: number): Promise<number[]> {
     requireEnabled(sequence.context);

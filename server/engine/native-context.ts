@@ -10,7 +10,7 @@ export type NativeContext = LlamaContext["_ctx"];
 
 type KeepKvMethodName =
     "keepKvCompress" | "keepKvSelect" | "keepKvReadStats" | "keepKvSetVote" | "keepKvGetCellPositions" |
-    "getOutputLogits" | "copySequenceCells";
+    "getOutputLogits" | "copySequenceCells" | "keepKvSetParams";
 
 /** The native methods the KeepKV patches add; a vanilla binary has none of them. */
 export type NativeKeepKv = Required<Pick<NativeContext, KeepKvMethodName>>;
@@ -36,7 +36,7 @@ export function keepKvVersionOf(llama: Llama): string | null {
 function hasKeepKv(native: NativeContext): native is NativeContext & NativeKeepKv {
     return native.keepKvCompress != null && native.keepKvSelect != null && native.keepKvReadStats != null &&
         native.keepKvSetVote != null && native.keepKvGetCellPositions != null && native.getOutputLogits != null &&
-        native.copySequenceCells != null;
+        native.copySequenceCells != null && native.keepKvSetParams != null;
 }
 
 /** A context's addon object with the KeepKV methods; KEEPKV_NOT_PATCHED for a binary without them. */

@@ -9,13 +9,14 @@ import { Llama, LlamaCompletion, LlamaContextOptions, LlamaModel, Token } from "
 import { allCases, measurePerturbation, PerturbationResult, promptTokens } from "../../bench/lib/perturbation.js";
 import { makeMhaCopy } from "../../scripts/lib/gguf-mha.js";
 import {
-    compressSequence, createKeepKvContext, KeepKvError, keepKvSequenceStats, resolveKeepKvSettings, setVote
+    cellPositions, compressSequence, createKeepKvContext, KeepKvError, keepKvSequenceStats, keepKvSettingsOf, resolveKeepKvSettings,
+    setKeepKvCompression, setVote
 } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../../server/engine/llama-loader.js";
 import { corpusPath, testModelPath, requireFile, sharedDir } from "../../lib/model-paths.js";
 import { repoRoot } from "../../lib/paths.js";
 import { maxAbsDiff, rawDecode } from "../../bench/lib/raw-decode.js";
-import { copyCellsRaw, removeCellsRaw } from "../../server/engine/native-context.js";
+import { copyCellsRaw, nativeKeepKvOf, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
 
 const f16ModelPath = () => requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
 
@@ -449,6 +450,85 @@ describe("KeepKV core", function () {
             const [none, half, most] = [await largestVote(0), await largestVote(0.5), await largestVote(0.95)];
             assert.ok(half > none, `largest vote with protect 0.5 (${half}) above protect 0 (${none})`);
             assert.ok(most > 2 * half, `largest vote with protect 0.95 (${most}) well above protect 0.5 (${half})`);
+        });
+    });
+
+    describe("changing how a live context compresses", function () {
+        // how bench:longctx compresses one prompt by every policy: the prompt once in sequence 0, then for each
+        // policy a copy of it in sequence 1 (a stream copy: cells, votes, scores and the representative query),
+        // the policy set on the live context, the copy compressed
+        const n = 300;
+        const leave = 100;
+        const policies = [
+            { policy: "evict", selection: "policy" }, { policy: "merge-naive", selection: "policy" },
+            { policy: "keepkv", selection: "policy", variant: "paper" }, { policy: "keepkv", selection: "policy", variant: "key" },
+            { policy: "keepkv", selection: "recency", variant: "key" }, { policy: "window", selection: "policy" }
+        ] as const;
+        const options = { contextSize: 512, batchSize: 512, flashAttention: false, threads: 1 };
+
+        it("a copy compressed after the change gives the cells and logits of a context created with those settings", async function () {
+            const tokens = promptTokens(model, text, n + 1);
+            const shared = await createKeepKvContext(model, { ...options, sequences: 2, keepKv: { policy: "evict", selection: "score", threshold: 0.5 } });
+            try {
+                const [prompt, copy] = [shared.getSequence(), shared.getSequence()];
+                await rawDecode(shared, nativeSequenceIdOf(prompt), 0, tokens.slice(0, n));
+                for (const p of policies) {
+                    const own = await createKeepKvContext(model, { ...options, keepKv: { ...p, threshold: 0.5 } });
+                    let expected: { cells: number[], logits: Float32Array };
+                    try {
+                        const sequence = own.getSequence();
+                        await rawDecode(own, 0, 0, tokens.slice(0, n));
+                        assert.equal(await compressSequence(sequence, leave), leave);
+                        expected = { cells: await cellPositions(sequence), logits: await rawDecode(own, 0, n, [tokens[n]!]) };
+                    } finally {
+                        await own.dispose();
+                    }
+
+                    await removeCellsRaw(shared, nativeSequenceIdOf(copy), 0, -1);
+                    await copyCellsRaw(shared, nativeSequenceIdOf(prompt), nativeSequenceIdOf(copy));
+                    const settings = await setKeepKvCompression(shared, p);
+                    assert.equal(settings.policy, p.policy);
+                    assert.equal(await compressSequence(copy, leave), leave);
+                    const label = `${p.policy}/${"variant" in p ? p.variant : ""} ${p.selection}`;
+                    assert.deepEqual(await cellPositions(copy), expected.cells, `${label}: the same cells`);
+                    const logits = await rawDecode(shared, nativeSequenceIdOf(copy), n, [tokens[n]!]);
+                    assert.equal(maxAbsDiff(logits, expected.logits), 0, `${label}: the same logits`);
+                    // the prompt itself is untouched
+                    assert.equal((await cellPositions(prompt)).length, n, `${label}: the prompt keeps its cells`);
+                }
+            } finally {
+                await shared.dispose();
+            }
+        });
+
+        it("refuses what it cannot change, with the reason, and keeps compressing as before", async function () {
+            const context = await createKeepKvContext(model, { ...options, keepKv: { policy: "window" } });
+            try {
+                const sequence = context.getSequence();
+                await rawDecode(context, 0, 0, promptTokens(model, text, 200));
+                const refused = async (change: Parameters<typeof setKeepKvCompression>[1], code: string, message: RegExp) =>
+                    await assert.rejects(setKeepKvCompression(context, change), (err: unknown) =>
+                        err instanceof KeepKvError && err.code === code && message.test(err.message));
+                await refused({ policy: "evict" }, "KEEPKV_INVALID_OPTION", /keeps no attention scores/);
+                await refused({ policy: "keepkv", selection: "score" }, "KEEPKV_INVALID_OPTION", /keeps no attention scores/);
+                await refused({ policy: "off" }, "KEEPKV_INVALID_OPTION", /cannot be turned off/);
+                await refused({ threshold: 2 }, "KEEPKV_INVALID_OPTION", /threshold/);
+                // what the TypeScript type leaves out is refused by llama.cpp itself
+                assert.throws(() => nativeKeepKvOf(context).keepKvSetParams({ sinks: 8 }), /only the policy, variant, selection/);
+                assert.throws(() => nativeKeepKvOf(context).keepKvSetParams({ observed: 4 }), /only the policy, variant, selection/);
+                assert.equal(keepKvSettingsOf(context).policy, "window");
+                // still the window: the oldest movable cells leave
+                assert.equal(await compressSequence(sequence, 10), 10);
+                const cells = await cellPositions(sequence);
+                assert.deepEqual(cells.slice(0, 5), [0, 1, 2, 3, 14]);
+                // and a change it can make takes effect: merge-naive by recency keeps the window's selection
+                await setKeepKvCompression(context, { policy: "merge-naive", selection: "recency" });
+                assert.equal(await compressSequence(sequence, 10), 10);
+                assert.deepEqual((await cellPositions(sequence)).slice(0, 5), [0, 1, 2, 3, 24]);
+                assert.ok((await keepKvSequenceStats(sequence)).merges > 0, "merge-naive merged");
+            } finally {
+                await context.dispose();
+            }
         });
     });
 });
