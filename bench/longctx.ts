@@ -16,7 +16,9 @@
 // from) the whole prompt is evaluated, then compressed once with the scores of its last queries; in the probe
 // setting the budget holds as in streaming, and each compression is scored by the prompt's last 32 tokens (the
 // question), evaluated after the text so far and removed again (bench/lib/longctx-run.ts). The full cache is
-// the ceiling; every policy and selection runs on the same cases in one run.
+// the ceiling; every policy and selection runs on the same cases in one run. The prompt-end configurations and
+// the full cache share one evaluation of each prompt: each compresses a copy of it with its own policy set on the
+// live context (runPromptEnd; the same replies as a context per configuration, about 5x faster).
 // Writes results/<out>/longctx.json, longctx.md, accuracy-<task>.png and needle-heatmap-<budget>.png.
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -26,7 +28,7 @@ import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import type { KeepKvOptions } from "../server/engine/keepkv.js";
 import { needleCase, needleSeed, type NeedleCase, type NeedleTask, needleTaskDocs, needleTasks } from "./lib/longctx-tasks.js";
 import { heatMapsSvg, lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
-import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, serverArgsOf } from "./lib/longctx-run.js";
+import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, runPromptEnd, serverArgsOf } from "./lib/longctx-run.js";
 import { multiturnRecall } from "./lib/longctx-multiturn.js";
 import { startServer } from "./lib/server-process.js";
 import { errorMessage } from "../lib/error-message.js";
@@ -124,10 +126,15 @@ async function main(): Promise<void> {
                 for (const depth of depths)
                     for (let s = 0; s < Number(args.seeds); s++)
                         cases.push(needleCase(model, text, task, length, depth, needleSeed(length, depth, s)));
+                // the prompt-end configurations (and the full cache) share one evaluation of each prompt
+                const atEnd = configs.filter((c) => c.setting === "prompt-end" && c.budget != null);
+                const shared = atEnd.length > 0 ? [...configs.filter((c) => c.policy === "off"), ...atEnd] : [];
+                const got = shared.length > 0 ? await runPromptEnd(model, shared, cases, opts) : [];
                 for (const config of configs) {
-                    const got = await runLongctx(model, config, cases, opts);
-                    rows.push(...got);
-                    progress(`${task} ${length} ${config.label}${config.budget == null ? "" : " " + config.budget}: ${pct(accuracy(got))}`);
+                    const own = shared.includes(config) ? got.filter((r) => r.config === config.label && r.budget === config.budget)
+                        : await runLongctx(model, config, cases, opts);
+                    rows.push(...own);
+                    progress(`${task} ${length} ${config.label}${config.budget == null ? "" : " " + config.budget}: ${pct(accuracy(own))}`);
                 }
             }
     } finally {

@@ -2,13 +2,13 @@
 // replies scored exactly. Used by bench/longctx.ts and the fast needle test.
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import {
-    compressSequence, createKeepKvContext, keepKvSequenceStats, keepKvSettingsOf, type KeepKvOptions, type KeepKvPolicy,
-    type KeepKvSelection, type KeepKvVariant
+    compressSequence, createKeepKvContext, keepKvSequenceStats, keepKvSettingsOf, setKeepKvCompression, type KeepKvOptions,
+    type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant
 } from "../../server/engine/keepkv.js";
 import { keepKvDefaults } from "../../lib/keepkv-options.js";
 import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
-import { decodeRaw, removeCellsRaw } from "../../server/engine/native-context.js";
+import { copyCellsRaw, decodeRaw, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
 import { rawDecode } from "./raw-decode.js";
 
 /**
@@ -70,6 +70,32 @@ export function longctxRow(config: LongctxConfig, budgetCells: number | null,
     };
 }
 
+/** The KeepKV options of a compressing configuration, as its own context would be created with them. */
+function keepKvOptionsOf(config: LongctxConfig, budgetCells: number | null, keepKv: KeepKvOptions | undefined, probe: number | undefined): KeepKvOptions {
+    const streaming = config.setting === "streaming";
+    return {
+        policy: config.policy, budget: streaming ? budgetCells : null, selection: config.selection,
+        ...config.variant != null ? { variant: config.variant } : {},
+        // at the prompt's end (and in a probe) the scores are those of the last batch's last queries alone
+        ...streaming ? {} : { scoreDecay: 0 },
+        ...keepKv,
+        // a probe is the last cells of the sequence while it scores: the text's own recent window stays
+        // behind it (and with it the text's last position, where the next chunk continues)
+        ...config.setting === "probe" ? { recent: (keepKv?.recent ?? keepKvDefaults.recent) + (probe ?? defaultProbeTokens) } : {}
+    };
+}
+
+/** Compresses sequence `seq` down to `budgetCells` and evaluates the prompt's last token again on what is left. */
+async function compressAtPromptEnd(context: LlamaContext, sequence: LlamaContextSequence, prompt: Token[], budgetCells: number): Promise<Float32Array> {
+    const seq = nativeSequenceIdOf(sequence);
+    await compressSequence(sequence, prompt.length - budgetCells);
+    // the logits of the prompt's last token were computed before the compression: compute them again on the
+    // compressed cache, as a question asked after it would be
+    const last = prompt.length - 1;
+    await removeCellsRaw(context, seq, last, last + 1);
+    return await rawDecode(context, seq, last, [prompt[last]!]);
+}
+
 /** Runs the cases of one length under one configuration in one context; returns a row per case. */
 export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases: NeedleCase[],
     opts: { threads: number, generate: number, keepKv?: KeepKvOptions, probe?: number }): Promise<LongctxRow[]> {
@@ -80,16 +106,7 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
         contextSize: length + opts.generate, threads: opts.threads,
         // under a budget createKeepKvContext sizes the batch to what llama.cpp puts in one ubatch
         ...streaming && budgetCells != null ? {} : { batchSize: 512 },
-        keepKv: config.policy === "off" ? { policy: "off" } : {
-            policy: config.policy, budget: streaming ? budgetCells : null, selection: config.selection,
-            ...config.variant != null ? { variant: config.variant } : {},
-            // at the prompt's end (and in a probe) the scores are those of the last batch's last queries alone
-            ...streaming ? {} : { scoreDecay: 0 },
-            ...opts.keepKv,
-            // a probe is the last cells of the sequence while it scores: the text's own recent window stays
-            // behind it (and with it the text's last position, where the next chunk continues)
-            ...config.setting === "probe" ? { recent: (opts.keepKv?.recent ?? keepKvDefaults.recent) + (opts.probe ?? defaultProbeTokens) } : {}
-        }
+        keepKv: config.policy === "off" ? { policy: "off" } : keepKvOptionsOf(config, budgetCells, opts.keepKv, opts.probe)
     });
     const batch = context.batchSize;
     const sequence = context.getSequence();
@@ -101,17 +118,62 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
                 logits = await evaluateWithProbe(context, sequence, c.prompt, budgetCells, opts.probe ?? defaultProbeTokens);
             else
                 logits = await evaluatePrompt(context, 0, c.prompt, batch);
-            if (config.setting === "prompt-end" && budgetCells != null) {
-                await compressSequence(sequence, c.prompt.length - budgetCells);
-                // the logits of the prompt's last token were computed before the compression: compute them
-                // again on the compressed cache, as a question asked after it would be
-                const last = c.prompt.length - 1;
-                await removeCellsRaw(context, 0, last, last + 1);
-                logits = await rawDecode(context, 0, last, [c.prompt[last]!]);
-            }
+            if (config.setting === "prompt-end" && budgetCells != null)
+                logits = await compressAtPromptEnd(context, sequence, c.prompt, budgetCells);
             const reply = model.detokenize(await continueGreedy(context, 0, c.prompt.length, logits, opts.generate));
             rows.push(longctxRow(config, budgetCells,
                 { task: c.task, length: c.length, depth: c.depth, seed: c.seed, correct: needleAnswered(reply, c.answer), reply }));
+        }
+        return rows;
+    } finally {
+        await context.dispose();
+    }
+}
+
+/**
+ * The prompt-end setting for several configurations at once (and the full cache): each case's prompt is
+ * evaluated once, into a full cache in sequence 0 of a context that tracks scores; each configuration then
+ * compresses a copy of it in sequence 1 (a stream copy carries the cells, votes, scores and representative
+ * query) with its policy, variant and selection set on the live context, and answers from there. The cells
+ * and logits are those of a context of its own per configuration (tested), without evaluating the prompt
+ * again for each. The configurations must share every other KeepKV setting. Returns a row per case and
+ * configuration, case by case.
+ */
+export async function runPromptEnd(model: LlamaModel, configs: LongctxConfig[], cases: NeedleCase[],
+    opts: { threads: number, generate: number, keepKv?: KeepKvOptions }): Promise<LongctxRow[]> {
+    if (configs.some((c) => c.policy !== "off" && (c.setting !== "prompt-end" || c.budget == null)))
+        throw new Error("runPromptEnd runs the full cache and prompt-end configurations with a budget only");
+    const length = cases[0]!.length;
+    // a policy that tracks scores (every compressing one but window with its own selection), with the options
+    // every configuration shares
+    const base = keepKvOptionsOf({ label: "", policy: "evict", variant: null, selection: "score", budget: null, setting: "prompt-end" },
+        null, opts.keepKv, undefined);
+    const context = await createKeepKvContext(model, {
+        contextSize: length + opts.generate, sequences: 2, batchSize: 512, threads: opts.threads, keepKv: base
+    });
+    const prompt = context.getSequence();
+    const copy = context.getSequence();
+    const [from, to] = [nativeSequenceIdOf(prompt), nativeSequenceIdOf(copy)];
+    try {
+        const rows: LongctxRow[] = [];
+        for (const c of cases) {
+            const logits = await evaluatePrompt(context, from, c.prompt, context.batchSize);
+            for (const config of configs) {
+                const budgetCells = config.budget == null ? null : Math.round(config.budget * length);
+                await removeCellsRaw(context, to, 0, -1);
+                await copyCellsRaw(context, from, to);
+                let last = logits;
+                if (budgetCells != null) {
+                    const own = keepKvOptionsOf(config, budgetCells, opts.keepKv, undefined);
+                    await setKeepKvCompression(context, {
+                        policy: own.policy, variant: own.variant, selection: own.selection, threshold: own.threshold, protect: own.protect
+                    });
+                    last = await compressAtPromptEnd(context, copy, c.prompt, budgetCells);
+                }
+                const reply = model.detokenize(await continueGreedy(context, to, c.prompt.length, last, opts.generate));
+                rows.push(longctxRow(config, budgetCells,
+                    { task: c.task, length: c.length, depth: c.depth, seed: c.seed, correct: needleAnswered(reply, c.answer), reply }));
+            }
         }
         return rows;
     } finally {

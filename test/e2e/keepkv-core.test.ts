@@ -456,13 +456,15 @@ describe("KeepKV core", function () {
     describe("changing how a live context compresses", function () {
         // how bench:longctx compresses one prompt by every policy: the prompt once in sequence 0, then for each
         // policy a copy of it in sequence 1 (a stream copy: cells, votes, scores and the representative query),
-        // the policy set on the live context, the copy compressed
+        // the policy set on the live context, the copy compressed and decoded on
         const n = 300;
         const leave = 100;
         const policies = [
             { policy: "evict", selection: "policy" }, { policy: "merge-naive", selection: "policy" },
             { policy: "keepkv", selection: "policy", variant: "paper" }, { policy: "keepkv", selection: "policy", variant: "key" },
-            { policy: "keepkv", selection: "recency", variant: "key" }, { policy: "window", selection: "policy" }
+            { policy: "keepkv", selection: "recency", variant: "key" }, { policy: "window", selection: "policy" },
+            // and back: attention kept the scores current while the copies were compressed by recency
+            { policy: "evict", selection: "score" }
         ] as const;
         const options = { contextSize: 512, batchSize: 512, flashAttention: false, threads: 1 };
 

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import type { Llama, LlamaModel } from "node-llama-cpp";
-import { longctxConfigs, runLongctx, type LongctxConfig } from "../../bench/lib/longctx-run.js";
+import { longctxConfigs, runLongctx, runPromptEnd, type LongctxConfig } from "../../bench/lib/longctx-run.js";
 import { needleCase, needleSeed, type NeedleCase } from "../../bench/lib/longctx-tasks.js";
 import { ensureKjvText } from "../../scripts/lib/long-text.js";
 import { loadPatchedLlama } from "../../server/engine/llama-loader.js";
@@ -43,5 +43,13 @@ describe("long-context retrieval on SmolLM2 (a fact in a 2048-token text, 20% bu
         const keepkv = await answer(config("keepkv prompt-end"));
         assert.ok(keepkv.correct, `keepkv answered ${JSON.stringify(keepkv.reply)} for ${needle.answer}`);
         assert.equal(keepkv.budgetCells, 410);
+
+        // bench:longctx evaluates the prompt once and compresses a copy of it per policy: the same replies
+        const shared = await runPromptEnd(model, [config("full cache"), config("evict prompt-end"), config("keepkv prompt-end")], [needle],
+            { threads: 2, generate: 8 });
+        assert.deepEqual(shared.map((r) => r.config), ["full cache", "evict prompt-end", "keepkv prompt-end"]);
+        assert.equal(shared[0]!.reply, full.reply);
+        assert.equal(shared[2]!.reply, keepkv.reply);
+        assert.ok(shared[1]!.correct, `evict answered ${JSON.stringify(shared[1]!.reply)} for ${needle.answer}`);
     });
 });
