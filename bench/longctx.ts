@@ -1,7 +1,7 @@
 // npm run bench:longctx -- [--json] [--model PATH|smollm2] [--corpus PATH|kjv] [--tasks needle,multikey,before,hop,multiturn]
 //                           [--lengths 1024,2048,4096,8192] [--budgets 0.05,0.1,0.2,0.5] [--depths 0,0.25,0.5,0.75,1]
 //                           [--seeds 1] [--configs compact|all] [--only LABEL,...] [--settings streaming,prompt-end,probe]
-//                           [--keepkv JSON] [--generate 8] [--threads 2]
+//                           [--keepkv JSON] [--extra JSON] [--generate 8] [--threads 2]
 //                           [--multiturn-tokens 7000] [--multiturn-seeds 3] [--out longctx]
 //
 // Long-context retrieval, where eviction is known to fail: a fact hidden at a depth of a long text, asked for
@@ -28,7 +28,7 @@ import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import type { KeepKvOptions } from "../server/engine/keepkv.js";
 import { needleCase, needleSeed, type NeedleCase, type NeedleTask, needleTaskDocs, needleTasks } from "./lib/longctx-tasks.js";
 import { heatMapsSvg, lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
-import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, runPromptEnd, serverArgsOf } from "./lib/longctx-run.js";
+import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, runPromptEnd, serverArgsOf, type ExtraConfig, extraConfigs } from "./lib/longctx-run.js";
 import { multiturnRecall } from "./lib/longctx-multiturn.js";
 import { startServer } from "./lib/server-process.js";
 import { errorMessage } from "../lib/error-message.js";
@@ -82,6 +82,7 @@ async function main(): Promise<void> {
         only: { type: "string", default: "" },
         settings: { type: "list", default: "streaming" },
         keepkv: { type: "string", default: "{}" },
+        extra: { type: "string", default: "[]" },
         generate: { type: "number", default: 8 },
         threads: { type: "number", default: 2 },
         "multiturn-tokens": { type: "number", default: 7000 },
@@ -113,7 +114,17 @@ async function main(): Promise<void> {
     for (const s of settings)
         if (!longctxSettings.includes(s))
             throw new Error(`--settings: unknown setting ${s}; settings: ${longctxSettings.join(", ")}`);
-    const configs = longctxConfigs(args.configs as "compact" | "all", budgets, settings).filter((c) => only == null || c.policy === "off" || only.includes(c.label));
+    // --extra '[{"label":"keepkv T0.95","policy":"keepkv","threshold":0.95}]': more configurations at the prompt's end,
+    // each at every budget (experiments: options a live context can change, compared in the same run)
+    const extras = JSON.parse(String(args.extra)) as ExtraConfig[];
+    if (!Array.isArray(extras) || extras.some((e) => typeof e?.label !== "string" || e.policy == null || (e.policy as string) === "off"))
+        throw new Error("--extra must be a JSON array of {label, policy (not off), variant?, selection?, threshold?, protect?}");
+    const configs = [
+        ...longctxConfigs(args.configs as "compact" | "all", budgets, settings).filter((c) => only == null || c.policy === "off" || only.includes(c.label)),
+        ...extraConfigs(extras, budgets)
+    ];
+    if (new Set(configs.map((c) => `${c.label} ${c.budget}`)).size !== configs.length)
+        throw new Error("two configurations have the same label: give each --extra a label of its own");
     // --keepkv '{"threshold":0.9}': KeepKV options for every compressing configuration (experiments)
     const opts = { threads: Number(args.threads), generate: Number(args.generate), keepKv: JSON.parse(String(args.keepkv)) as KeepKvOptions };
     const started = Date.now();

@@ -25,8 +25,24 @@ export type LongctxSetting = typeof longctxSettings[number];
 
 export type LongctxConfig = {
     label: string, policy: KeepKvPolicy, variant: KeepKvVariant | null, selection: KeepKvSelection, budget: number | null,
-    setting: LongctxSetting
+    setting: LongctxSetting,
+    /** options of this configuration's compression, over the run's --keepkv (what a live context can change) */
+    compress?: Pick<KeepKvOptions, "threshold" | "protect">
 };
+
+/** A configuration named on the command line (bench:longctx --extra): compared at the prompt's end. */
+export type ExtraConfig = {
+    label: string, policy: Exclude<KeepKvPolicy, "off">, variant?: KeepKvVariant, selection?: KeepKvSelection,
+    threshold?: number, protect?: number
+};
+
+/** The prompt-end configurations of --extra, one per budget. */
+export function extraConfigs(extras: readonly ExtraConfig[], budgets: number[]): LongctxConfig[] {
+    return budgets.flatMap((budget) => extras.map((e) => ({
+        label: e.label, policy: e.policy, variant: e.variant ?? null, selection: e.selection ?? "policy", budget, setting: "prompt-end" as const,
+        compress: { ...e.threshold != null ? { threshold: e.threshold } : {}, ...e.protect != null ? { protect: e.protect } : {} }
+    })));
+}
 
 export const longctxTasks = [...needleTasks, "multiturn"] as const;
 export type LongctxTask = typeof longctxTasks[number];
@@ -79,6 +95,7 @@ function keepKvOptionsOf(config: LongctxConfig, budgetCells: number | null, keep
         // at the prompt's end (and in a probe) the scores are those of the last batch's last queries alone
         ...streaming ? {} : { scoreDecay: 0 },
         ...keepKv,
+        ...config.compress,
         // a probe is the last cells of the sequence while it scores: the text's own recent window stays
         // behind it (and with it the text's last position, where the next chunk continues)
         ...config.setting === "probe" ? { recent: (keepKv?.recent ?? keepKvDefaults.recent) + (probe ?? defaultProbeTokens) } : {}
