@@ -276,8 +276,10 @@ async function loadSettings() {
             ...settingRow("KV policy", c.keepkv.policy),
             ...settingRow("budget (cells per sequence)", c.keepkv.budget),
             ...settingRow("merge variant", c.keepkv.variant),
+            ...settingRow("leaving cells chosen by", c.keepkv.selection),
             ...settingRow("sinks / recent", `${c.keepkv.sinks} / ${c.keepkv.recent}`),
             ...settingRow("merge threshold", c.keepkv.threshold),
+            ...settingRow("protected from merges", c.keepkv.protect),
             ...settingRow("KeepKV build", c.keepkv_version)
         );
     } catch (err) {

@@ -93,11 +93,16 @@ export function addDashboardApi(router: Router, deps: DashboardApiDeps): void {
             keepkv: {
                 policy: model?.policy ?? keepKv.policy ?? config.policy,
                 variant: keepKv.variant ?? config.variant,
+                selection: keepKv.selection ?? config.selection,
                 budget: keepKv.budget ?? config.budget,
                 sinks: keepKv.sinks ?? config.sinks,
                 recent: keepKv.recent ?? config.recent,
                 threshold: keepKv.threshold ?? config.threshold,
-                chunk: keepKv.chunk ?? config.chunk
+                protect: keepKv.protect ?? config.protect,
+                chunk: keepKv.chunk ?? config.chunk,
+                observed: keepKv.observed ?? config.observed,
+                score_decay: keepKv.scoreDecay ?? config.scoreDecay,
+                query_decay: keepKv.queryDecay ?? config.queryDecay
             },
             limits: {
                 max_tokens: config.maxTokens,

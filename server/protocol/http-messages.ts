@@ -119,11 +119,16 @@ export type ServingConfig = {
     keepkv: {
         policy: string,
         variant: string,
+        selection: string,
         budget: number | null,
         sinks: number,
         recent: number,
         threshold: number,
-        chunk: number
+        protect: number,
+        chunk: number,
+        observed: number,
+        score_decay: number,
+        query_decay: number
     },
     limits: {
         max_tokens: number,

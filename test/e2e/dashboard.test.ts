@@ -83,6 +83,10 @@ describe("dashboard in headless Chromium", function () {
         assert.equal(config.status, 200);
         assert.equal(config.body.keepkv.policy, "keepkv");
         assert.equal(config.body.keepkv.budget, budget);
+        // every KeepKV setting that serves, the server's defaults here
+        assert.deepEqual(
+            [config.body.keepkv.selection, config.body.keepkv.protect, config.body.keepkv.observed, config.body.keepkv.score_decay, config.body.keepkv.query_decay],
+            ["recency", 0.5, 8, 0.9, 0]);
         assert.equal(config.body.model.id, "stories3M-q8_0.gguf");
         assert.equal(config.body.sequences, 2);
     });
