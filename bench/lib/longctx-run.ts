@@ -3,9 +3,9 @@
 import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import {
     compressSequence, createKeepKvContext, keepKvSequenceStats, keepKvSettingsOf, setKeepKvCompression, type KeepKvOptions,
-    type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant
+    type KeepKvCompressionChange, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant
 } from "../../server/engine/keepkv.js";
-import { keepKvDefaults } from "../../lib/keepkv-options.js";
+import { keepKvDefaults, resolveKeepKvSettings } from "../../lib/keepkv-options.js";
 import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
 import { copyCellsRaw, decodeRaw, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
@@ -102,6 +102,16 @@ function keepKvOptionsOf(config: LongctxConfig, budgetCells: number | null, keep
     };
 }
 
+/**
+ * Every setting a live context can change, as a context created for `config` would have it: a field left out
+ * of setKeepKvCompression keeps the live value, which is the previous configuration's (a threshold or protect of
+ * an --extra configuration carried into every configuration after it, case after case).
+ */
+export function compressionOf(config: LongctxConfig, keepKv: KeepKvOptions | undefined, contextSize: number): Required<KeepKvCompressionChange> {
+    const { policy, variant, selection, threshold, protect } = resolveKeepKvSettings(keepKvOptionsOf(config, null, keepKv, undefined), contextSize);
+    return { policy, variant, selection, threshold, protect };
+}
+
 /** Compresses sequence `seq` down to `budgetCells` and evaluates the prompt's last token again on what is left. */
 async function compressAtPromptEnd(context: LlamaContext, sequence: LlamaContextSequence, prompt: Token[], budgetCells: number): Promise<Float32Array> {
     const seq = nativeSequenceIdOf(sequence);
@@ -181,10 +191,7 @@ export async function runPromptEnd(model: LlamaModel, configs: LongctxConfig[], 
                 await copyCellsRaw(context, from, to);
                 let last = logits;
                 if (budgetCells != null) {
-                    const own = keepKvOptionsOf(config, budgetCells, opts.keepKv, undefined);
-                    await setKeepKvCompression(context, {
-                        policy: own.policy, variant: own.variant, selection: own.selection, threshold: own.threshold, protect: own.protect
-                    });
+                    await setKeepKvCompression(context, compressionOf(config, opts.keepKv, context.contextSize));
                     last = await compressAtPromptEnd(context, copy, c.prompt, budgetCells);
                 }
                 const reply = model.detokenize(await continueGreedy(context, to, c.prompt.length, last, opts.generate));
