@@ -2,7 +2,7 @@
 //                           [--lengths 1024,2048,4096,8192] [--budgets 0.05,0.1,0.2,0.5] [--depths 0,0.25,0.5,0.75,1]
 //                           [--seeds 1] [--configs compact|all] [--only LABEL,...] [--settings streaming,prompt-end,probe]
 //                           [--keepkv JSON] [--extra JSON] [--generate 8] [--threads 2]
-//                           [--multiturn-tokens 7000] [--multiturn-seeds 3] [--out longctx]
+//                           [--multiturn-tokens 7000] [--multiturn-seeds 3] [--multiturn-form mine|named] [--out longctx]
 //
 // Long-context retrieval, where eviction is known to fail: a fact hidden at a depth of a long text, asked for
 // after it (needle), among three distractor facts (multikey), or asked for before the text (before; what
@@ -29,7 +29,7 @@ import type { KeepKvOptions } from "../server/engine/keepkv.js";
 import { needleCase, needleSeed, type NeedleCase, type NeedleTask, needleTaskDocs, needleTasks } from "./lib/longctx-tasks.js";
 import { heatMapsSvg, lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
 import { type LongctxConfig, longctxConfigs, type LongctxRow, type LongctxSetting, longctxSettings, type LongctxTask, longctxRow, longctxTasks, runLongctx, runPromptEnd, serverArgsOf, type ExtraConfig, extraConfigs } from "./lib/longctx-run.js";
-import { multiturnRecall } from "./lib/longctx-multiturn.js";
+import { multiturnForms, multiturnRecall, type MultiturnForm } from "./lib/longctx-multiturn.js";
 import { startServer } from "./lib/server-process.js";
 import { errorMessage } from "../lib/error-message.js";
 
@@ -39,7 +39,8 @@ const taskDocs: Record<LongctxTask, string> = {
 };
 
 /** One server per configuration (SmolLM2 at an 8k context), each conversation from its seed. */
-async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: string, target: number, seeds: number, threads: number): Promise<LongctxRow[]> {
+async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: string, target: number, seeds: number, threads: number,
+    form: MultiturnForm): Promise<LongctxRow[]> {
     const rows: LongctxRow[] = [];
     for (const config of configs) {
         const budgetCells = config.budget == null ? null : Math.round(config.budget * target);
@@ -51,7 +52,7 @@ async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: s
         try {
             const got: LongctxRow[] = [];
             for (let seed = 0; seed < seeds; seed++) {
-                const r = await multiturnRecall(server.url, text, 7000 + seed, target);
+                const r = await multiturnRecall(server.url, text, 7000 + seed, target, form);
                 got.push(longctxRow(config, budgetCells, { task: "multiturn", length: r.promptTokens, depth: 0, seed, correct: r.correct, reply: r.reply }));
             }
             rows.push(...got);
@@ -87,6 +88,7 @@ async function main(): Promise<void> {
         threads: { type: "number", default: 2 },
         "multiturn-tokens": { type: "number", default: 7000 },
         "multiturn-seeds": { type: "number", default: 3 },
+        "multiturn-form": { type: "enum", values: [...multiturnForms], default: "mine" },
         out: { type: "string", default: "longctx" }
     });
     const list = (v: string) => v.split(",").map(Number);
@@ -153,7 +155,8 @@ async function main(): Promise<void> {
         await llama.dispose();
     }
     if (tasks.includes("multiturn"))
-        rows.push(...await runMultiturn(configs.filter((c) => c.setting === "streaming"), text, modelPath, Number(args["multiturn-tokens"]), Number(args["multiturn-seeds"]), opts.threads));
+        rows.push(...await runMultiturn(configs.filter((c) => c.setting === "streaming"), text, modelPath, Number(args["multiturn-tokens"]), Number(args["multiturn-seeds"]), opts.threads,
+            args["multiturn-form"] as MultiturnForm));
 
     // accuracy per task, configuration and budget, over every length and depth
     const labels = [...new Set(configs.filter((c) => c.budget != null).map((c) => c.label))];

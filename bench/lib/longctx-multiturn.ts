@@ -4,7 +4,16 @@
 // cache and the budget are the server's own; the reply's start is given ("Your secret number is"), so the
 // score is exact: the first number of the reply.
 import { seededRandom } from "../../lib/seeded-random.js";
-import { needleAnswered } from "./longctx-tasks.js";
+import { firstNames, lastNames, needleAnswered } from "./longctx-tasks.js";
+
+/**
+ * How the fact is given and asked for. mine: "my secret number is N" ... "What is my secret number?" (the reply
+ * starts "Your secret number is"); named: "the secret number of <name> is N" ... "What is the secret number of
+ * <name>?" (the reply starts "The secret number of <name> is"), the form of the needle tasks, which SmolLM2
+ * answers from its whole context.
+ */
+export const multiturnForms = ["mine", "named"] as const;
+export type MultiturnForm = typeof multiturnForms[number];
 
 type Message = { role: "system" | "user" | "assistant", content: string };
 
@@ -33,13 +42,19 @@ async function complete(url: string, body: unknown): Promise<Completion> {
  * One conversation on the server at `url`: the fact, then passages of `passageChars` characters from
  * `haystack` until the conversation holds `targetTokens`, then the question.
  */
-export async function multiturnRecall(url: string, haystack: string, seed: number, targetTokens: number, passageChars = 5000): Promise<MultiturnResult> {
+export async function multiturnRecall(url: string, haystack: string, seed: number, targetTokens: number, form: MultiturnForm = "mine",
+    passageChars = 5000): Promise<MultiturnResult> {
     const random = seededRandom(seed);
     const number = String(10000 + Math.floor(random() * 90000));
     const conversation = `recall-${seed}-${Math.floor(random() * 1e9)}`;
+    // drawn only for the named form, so that the mine form's passages stay those of its seed
+    const name = form === "named" ? `${firstNames[Math.floor(random() * firstNames.length)]} ${lastNames[Math.floor(random() * lastNames.length)]}` : "";
+    const [fact, question, answerStart] = form === "mine"
+        ? [`my secret number is ${number}`, "What is my secret number?", "Your secret number is"]
+        : [`the secret number of ${name} is ${number}`, `What is the secret number of ${name}?`, `The secret number of ${name} is`];
     const messages: Message[] = [
         { role: "system", content: "You are a helpful assistant." },
-        { role: "user", content: `Please remember this for later: my secret number is ${number}.` }
+        { role: "user", content: `Please remember this for later: ${fact}.` }
     ];
     let promptTokens = 0;
     let evaluated = 0;
@@ -58,7 +73,7 @@ export async function multiturnRecall(url: string, haystack: string, seed: numbe
         messages.push({ role: "user", content: `Here is a passage:\n\n${haystack.slice(start, start + passageChars)}\n\nSummarise it in one sentence.` });
         messages.push({ role: "assistant", content: (await say(32)).text });
     }
-    messages.push({ role: "user", content: "What is my secret number?" }, { role: "assistant", content: "Your secret number is" });
+    messages.push({ role: "user", content: question }, { role: "assistant", content: answerStart });
     const last = await say(8);
     return {
         seed, correct: needleAnswered(last.text, number), reply: last.text, turns, promptTokens,

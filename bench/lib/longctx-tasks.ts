@@ -31,9 +31,9 @@ export type NeedleCase = {
     needleAt: number
 };
 
-const firstNames = ["Elizabeth", "Thomas", "Margaret", "Henry", "Alice", "George", "Clara", "Walter", "Edith", "Arthur",
+export const firstNames = ["Elizabeth", "Thomas", "Margaret", "Henry", "Alice", "George", "Clara", "Walter", "Edith", "Arthur",
     "Harriet", "Samuel", "Beatrice", "Oliver", "Florence", "Edmund"];
-const lastNames = ["Barnaby", "Whitfield", "Osborne", "Castellan", "Pemberton", "Lindqvist", "Montague", "Ashdown",
+export const lastNames = ["Barnaby", "Whitfield", "Osborne", "Castellan", "Pemberton", "Lindqvist", "Montague", "Ashdown",
     "Marlowe", "Fenwick", "Thornbury", "Galloway", "Kingsley", "Radcliffe", "Winslow", "Hartigan"];
 
 /**
