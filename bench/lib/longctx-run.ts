@@ -175,34 +175,46 @@ export async function runPromptEnd(model: LlamaModel, configs: LongctxConfig[], 
     // every configuration shares
     const base = keepKvOptionsOf({ label: "", policy: "evict", variant: null, selection: "score", budget: null, setting: "prompt-end" },
         null, opts.keepKv, undefined);
-    const context = await createKeepKvContext(model, {
-        contextSize: length + opts.generate, sequences: 2, batchSize: 512, threads: opts.threads, keepKv: base
-    });
-    const prompt = context.getSequence();
-    const copy = context.getSequence();
-    const [from, to] = [nativeSequenceIdOf(prompt), nativeSequenceIdOf(copy)];
-    try {
-        const rows: LongctxRow[] = [];
-        for (const c of cases) {
+    const rows: LongctxRow[] = [];
+    for (const c of cases) {
+        // a context per case: after ten 2048-token cases in one context, one compression of the copy changed
+        // what every later copy of the same prompt answered (a known, unresolved fault; README); the check at
+        // the end of the case refuses any such result
+        const context = await createKeepKvContext(model, {
+            contextSize: length + opts.generate, sequences: 2, batchSize: 512, threads: opts.threads, keepKv: base
+        });
+        const prompt = context.getSequence();
+        const copy = context.getSequence();
+        const [from, to] = [nativeSequenceIdOf(prompt), nativeSequenceIdOf(copy)];
+        const answerFromCopy = async (config: LongctxConfig | null, logits: Float32Array): Promise<string> => {
+            await removeCellsRaw(context, to, 0, -1);
+            await copyCellsRaw(context, from, to);
+            let last = logits;
+            if (config?.budget != null) {
+                await setKeepKvCompression(context, compressionOf(config, opts.keepKv, context.contextSize));
+                last = await compressAtPromptEnd(context, copy, c.prompt, Math.round(config.budget * length));
+            }
+            return model.detokenize(await continueGreedy(context, to, c.prompt.length, last, opts.generate));
+        };
+        try {
             const logits = await evaluatePrompt(context, from, c.prompt, context.batchSize);
+            const before = await answerFromCopy(null, logits);
             for (const config of configs) {
                 const budgetCells = config.budget == null ? null : Math.round(config.budget * length);
-                await removeCellsRaw(context, to, 0, -1);
-                await copyCellsRaw(context, from, to);
-                let last = logits;
-                if (budgetCells != null) {
-                    await setKeepKvCompression(context, compressionOf(config, opts.keepKv, context.contextSize));
-                    last = await compressAtPromptEnd(context, copy, c.prompt, budgetCells);
-                }
-                const reply = model.detokenize(await continueGreedy(context, to, c.prompt.length, last, opts.generate));
+                const reply = config.budget == null ? before : await answerFromCopy(config, logits);
                 rows.push(longctxRow(config, budgetCells,
                     { task: c.task, length: c.length, depth: c.depth, seed: c.seed, correct: needleAnswered(reply, c.answer), reply }));
             }
+            // the prompt's cells must be what they were: the full cache answers as it did before the configurations
+            const after = await answerFromCopy(null, logits);
+            if (after !== before)
+                throw new Error(`${c.task} ${c.length} depth ${c.depth} seed ${c.seed}: the full cache answered ${JSON.stringify(before)} ` +
+                    `before the configurations and ${JSON.stringify(after)} after them: a compression of the copy changed the prompt's cells`);
+        } finally {
+            await context.dispose();
         }
-        return rows;
-    } finally {
-        await context.dispose();
     }
+    return rows;
 }
 
 export const defaultProbeTokens = 32;
