@@ -15,7 +15,8 @@ const TASK = env("TASK", "multikey"), LEN = Number(env("LEN", 2048)), BUDGET = N
 const DEPTHS = env("DEPTHS", "0.1,0.2,0.3,0.4,0.6,0.7,0.8,0.9").split(",").map(Number);
 const SEEDS = Number(env("SEEDS", 2));
 const POLICIES = env("POLICIES", "keepkv,evict").split(",");
-const RADII = env("RADII", "0,1,3").split(",").map(Number);
+// a radius r: a cell is worth its best-ranked neighbour within r positions; fr: within the r positions before it
+const RADII = env("RADII", "0,1,3").split(",");
 const text = fs.readFileSync(resolveCorpus(env("CORPUS", "kjv")), "utf8");
 const llama = await loadPatchedLlama();
 const model = await llama.loadModel({ modelPath: resolveModel(env("MODEL", "smollm2")) });
@@ -52,7 +53,8 @@ for (const policy of POLICIES) {
             const imp = new Map(ranked.map((p) => [p, rank.get(p)]));
             const pooled = ranked.map((p) => {
                 let m = imp.get(p);
-                for (let d = -w; d <= w; d++) { const q = imp.get(p + d); if (q != null && q > m) m = q; }
+                const forward = w.startsWith("f"), r = Number(w.replace("f", ""));
+                for (let d = -r; d <= (forward ? 0 : r); d++) { const q = imp.get(p + d); if (q != null && q > m) m = q; }
                 return { p, m, r: imp.get(p) };
             });
             pooled.sort((a, b) => a.m - b.m || a.r - b.r);
