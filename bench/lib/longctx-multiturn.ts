@@ -4,7 +4,7 @@
 // cache and the budget are the server's own; the reply's start is given ("Your secret number is"), so the
 // score is exact: the first number of the reply.
 import { seededRandom } from "../../lib/seeded-random.js";
-import { firstNames, lastNames, needleAnswered } from "./longctx-tasks.js";
+import { needleAnswered, randomName } from "./longctx-tasks.js";
 
 /**
  * How the fact is given and asked for. mine: "my secret number is N" ... "What is my secret number?" (the reply
@@ -48,7 +48,7 @@ export async function multiturnRecall(url: string, haystack: string, seed: numbe
     const number = String(10000 + Math.floor(random() * 90000));
     const conversation = `recall-${seed}-${Math.floor(random() * 1e9)}`;
     // drawn only for the named form, so that the mine form's passages stay those of its seed
-    const name = form === "named" ? `${firstNames[Math.floor(random() * firstNames.length)]} ${lastNames[Math.floor(random() * lastNames.length)]}` : "";
+    const name = form === "named" ? randomName(random) : "";
     const [fact, question, answerStart] = form === "mine"
         ? [`my secret number is ${number}`, "What is my secret number?", "Your secret number is"]
         : [`the secret number of ${name} is ${number}`, `What is the secret number of ${name}?`, `The secret number of ${name} is`];

@@ -31,10 +31,16 @@ export type NeedleCase = {
     needleAt: number
 };
 
-export const firstNames = ["Elizabeth", "Thomas", "Margaret", "Henry", "Alice", "George", "Clara", "Walter", "Edith", "Arthur",
+const firstNames = ["Elizabeth", "Thomas", "Margaret", "Henry", "Alice", "George", "Clara", "Walter", "Edith", "Arthur",
     "Harriet", "Samuel", "Beatrice", "Oliver", "Florence", "Edmund"];
-export const lastNames = ["Barnaby", "Whitfield", "Osborne", "Castellan", "Pemberton", "Lindqvist", "Montague", "Ashdown",
+const lastNames = ["Barnaby", "Whitfield", "Osborne", "Castellan", "Pemberton", "Lindqvist", "Montague", "Ashdown",
     "Marlowe", "Fenwick", "Thornbury", "Galloway", "Kingsley", "Radcliffe", "Winslow", "Hartigan"];
+
+/** A first and a last name of the tasks' people, drawn from `random` (two draws, in that order). */
+export function randomName(random: () => number): string {
+    const pick = (items: readonly string[]) => items[Math.floor(random() * items.length)]!;
+    return `${pick(firstNames)} ${pick(lastNames)}`;
+}
 
 /**
  * Builds one case of `length` prompt tokens. The text is taken from a seeded place in `haystack` and cut at
@@ -44,10 +50,9 @@ export function needleCase(model: LlamaModel, haystack: string, task: NeedleTask
     if (!(depth >= 0 && depth <= 1))
         throw new Error(`depth must be in [0, 1], got ${depth}`);
     const random = seededRandom(seed);
-    const pick = <T>(items: readonly T[]) => items[Math.floor(random() * items.length)]!;
     const people: { name: string, number: string }[] = [];
     while (people.length < (task === "multikey" || task === "hop" ? 4 : 1)) {
-        const name = `${pick(firstNames)} ${pick(lastNames)}`;
+        const name = randomName(random);
         if (people.every((p) => p.name !== name && p.name.split(" ")[0] !== name.split(" ")[0]))
             people.push({ name, number: String(10000 + Math.floor(random() * 90000)) });
     }
