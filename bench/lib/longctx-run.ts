@@ -186,27 +186,28 @@ export async function runPromptEnd(model: LlamaModel, configs: LongctxConfig[], 
         const prompt = context.getSequence();
         const copy = context.getSequence();
         const [from, to] = [nativeSequenceIdOf(prompt), nativeSequenceIdOf(copy)];
-        const answerFromCopy = async (config: LongctxConfig | null, logits: Float32Array): Promise<string> => {
+        // a copy of the prompt's cells answers, compressed to budgetCells by config's settings when given
+        const answerFromCopy = async (logits: Float32Array, config?: LongctxConfig, budgetCells?: number): Promise<string> => {
             await removeCellsRaw(context, to, 0, -1);
             await copyCellsRaw(context, from, to);
             let last = logits;
-            if (config?.budget != null) {
+            if (config != null && budgetCells != null) {
                 await setKeepKvCompression(context, compressionOf(config, opts.keepKv, context.contextSize));
-                last = await compressAtPromptEnd(context, copy, c.prompt, Math.round(config.budget * length));
+                last = await compressAtPromptEnd(context, copy, c.prompt, budgetCells);
             }
             return model.detokenize(await continueGreedy(context, to, c.prompt.length, last, opts.generate));
         };
         try {
             const logits = await evaluatePrompt(context, from, c.prompt, context.batchSize);
-            const before = await answerFromCopy(null, logits);
+            const before = await answerFromCopy(logits);
             for (const config of configs) {
                 const budgetCells = config.budget == null ? null : Math.round(config.budget * length);
-                const reply = config.budget == null ? before : await answerFromCopy(config, logits);
+                const reply = budgetCells == null ? before : await answerFromCopy(logits, config, budgetCells);
                 rows.push(longctxRow(config, budgetCells,
                     { task: c.task, length: c.length, depth: c.depth, seed: c.seed, correct: needleAnswered(reply, c.answer), reply }));
             }
             // the prompt's cells must be what they were: the full cache answers as it did before the configurations
-            const after = await answerFromCopy(null, logits);
+            const after = await answerFromCopy(logits);
             if (after !== before)
                 throw new Error(`${c.task} ${c.length} depth ${c.depth} seed ${c.seed}: the full cache answered ${JSON.stringify(before)} ` +
                     `before the configurations and ${JSON.stringify(after)} after them: a compression of the copy changed the prompt's cells`);
