@@ -20,6 +20,7 @@ import {
     createKeepKvContext, KeepKvOptions, keepKvContextStats, KeepKvPolicy, KeepKvSelection, KeepKvVariant
 } from "../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../server/engine/llama-loader.js";
+import { claimSequence } from "../server/engine/native-context.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
@@ -146,7 +147,7 @@ async function main(): Promise<void> {
             experimentalKvCacheKeyType: ggmlTypeName[c.cacheType], experimentalKvCacheValueType: ggmlTypeName[c.cacheType],
             keepKv
         });
-        const sequence = context.getSequence();
+        const sequence = claimSequence(context);
 
         let nll = 0;
         let count = 0;

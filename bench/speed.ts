@@ -18,7 +18,7 @@ import * as path from "node:path";
 import type { Llama, LlamaContext, LlamaModel, Token } from "node-llama-cpp";
 import { createKeepKvContext, KeepKvOptions, keepKvContextStats, type KeepKvSelection } from "../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../server/engine/llama-loader.js";
-import { decodeRaw } from "../server/engine/native-context.js";
+import { claimSequence, decodeRaw } from "../server/engine/native-context.js";
 import { parseArgs } from "./lib/args.js";
 import { resolveCorpus, resolveModel } from "./lib/inputs.js";
 import { lineChartSvg, machineInfo, markdownTable, median, progress, resultsDir, svgToPng, textTable } from "./lib/report.js";
@@ -135,7 +135,7 @@ async function main(): Promise<void> {
                 const batch = budgetCells != null ? Math.min(512, budgetCells) : 512;
                 const decodeTokens = decodeTokensFor(L);
                 const context = await makeContext(s, L + decodeTokens + 16, 1, batch, budgetCells);
-                const sequence = s.policy === "keepkv" ? context.getSequence() : null;
+                const sequence = s.policy === "keepkv" ? claimSequence(context) : null;
                 await prefill(context, [0], corpusTokens, L - decodeTokens, batch);
                 const before = sequence != null ? await keepKvContextStats(context, [sequence]) : null;
                 const seconds = await decodeSteps(context, [0], corpusTokens, L - decodeTokens, decodeTokens);
@@ -186,7 +186,7 @@ async function main(): Promise<void> {
                 progress(`(b) batch throughput, ${sequences} sequences of ${L} tokens: ${s.name}, repeat ${r + 1}/${repeats}`);
                 const context = await makeContext(s, L, sequences, batchRoom, s.policy === "keepkv" ? budgetCells : null);
                 const seqIds = Array.from({ length: sequences }, (_, i) => i);
-                const handles = s.engine !== "vanilla" ? seqIds.map(() => context.getSequence()) : [];
+                const handles = s.engine !== "vanilla" ? seqIds.map(() => claimSequence(context)) : [];
                 await prefill(context, seqIds, corpusTokens, prompt, prompt);
                 const seconds = await decodeSteps(context, seqIds, corpusTokens, prompt, steps);
                 samples.set(s.name, [...(samples.get(s.name) ?? []), sequences * steps / seconds]);
@@ -230,7 +230,7 @@ async function main(): Promise<void> {
                 const seconds = await prefill(context, [0], corpusTokens, P, batch);
                 samples.set(s.name, [...(samples.get(s.name) ?? []), P / seconds]);
                 if (s.policy === "keepkv") {
-                    const sequence = context.getSequence();
+                    const sequence = claimSequence(context);
                     const before = await keepKvContextStats(context, [sequence]);
                     const dt = await decodeSteps(context, [0], corpusTokens, P, decodeTokens);
                     const after = await keepKvContextStats(context, [sequence]);
@@ -279,7 +279,7 @@ async function main(): Promise<void> {
             for (const s of overheadSetups) {
                 const context = await makeContext(s, L + 16, 1, 512, null);
                 if (s.policy === "keepkv")
-                    context.getSequence();
+                    claimSequence(context);
                 await prefill(context, [0], corpusTokens, L - steps, 512);
                 const v = steps / await decodeSteps(context, [0], corpusTokens, L - steps, steps);
                 await context.dispose();

@@ -8,7 +8,7 @@ import {
 import { keepKvDefaults, resolveKeepKvSettings } from "../../lib/keepkv-options.js";
 import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js";
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
-import { copyCellsRaw, decodeRaw, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
+import { claimSequence, copyCellsRaw, decodeRaw, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
 import { rawDecode } from "./raw-decode.js";
 
 /**
@@ -136,7 +136,7 @@ export async function runLongctx(model: LlamaModel, config: LongctxConfig, cases
         keepKv: config.policy === "off" ? { policy: "off" } : keepKvOptionsOf(config, budgetCells, opts.keepKv, opts.probe)
     });
     const batch = context.batchSize;
-    const sequence = context.getSequence();
+    const sequence = claimSequence(context);
     try {
         const rows: LongctxRow[] = [];
         for (const c of cases) {
@@ -177,14 +177,14 @@ export async function runPromptEnd(model: LlamaModel, configs: LongctxConfig[], 
         null, opts.keepKv, undefined);
     const rows: LongctxRow[] = [];
     for (const c of cases) {
-        // a context per case: after ten 2048-token cases in one context, one compression of the copy changed
-        // what every later copy of the same prompt answered (a known, unresolved fault; README); the check at
-        // the end of the case refuses any such result
+        // a context per case, and the check at its end: no case can change what another answers (the fault
+        // once seen here, with one context for all cases, was sequence 0 collected and cleared by node-llama-cpp;
+        // claimSequence keeps both alive now)
         const context = await createKeepKvContext(model, {
             contextSize: length + opts.generate, sequences: 2, batchSize: 512, threads: opts.threads, keepKv: base
         });
-        const prompt = context.getSequence();
-        const copy = context.getSequence();
+        const prompt = claimSequence(context);
+        const copy = claimSequence(context);
         const [from, to] = [nativeSequenceIdOf(prompt), nativeSequenceIdOf(copy)];
         // a copy of the prompt's cells answers, compressed to budgetCells by config's settings when given
         const answerFromCopy = async (logits: Float32Array, config?: LongctxConfig, budgetCells?: number): Promise<string> => {

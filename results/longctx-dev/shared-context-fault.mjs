@@ -1,4 +1,5 @@
-// Reproduces the fault of one shared context in bench:longctx runPromptEnd (before the context per case):
+// Reproduces the fault of one shared context in bench:longctx runPromptEnd (before the context per case); its
+// cause was the harness: sequence 0 garbage-collected and cleared by node-llama-cpp (shared-context-fault-diagnosis.md):
 // git checkout c65511c -- bench/lib/longctx-run.ts && npm run -s build, then
 // ALL=1 CASES=0.1:0,0.1:1,0.2:0,0.2:1,0.3:0,0.3:1,0.4:0,0.4:1,0.5:0,0.5:1,0.6:0 node results/longctx-dev/shared-context-fault.mjs
 // prints every configuration's reply on the last case (question before, depth 60%, seed 0): from "keepkv prompt-end 0.1" on,

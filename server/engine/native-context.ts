@@ -27,6 +27,23 @@ export function nativeSequenceIdOf(sequence: LlamaContextSequence): number {
     return sequence._sequenceId;
 }
 
+const claimedSequences = new WeakMap<LlamaContext, LlamaContextSequence[]>();
+
+/**
+ * A sequence of `context` for calls by its native id (decodeRaw, removeCellsRaw, copyCellsRaw), kept alive as
+ * long as the context. node-llama-cpp clears the cells of a sequence object that is garbage-collected (its
+ * FinalizationRegistry calls disposeSequence), and a call by id does not keep the object reachable: a sequence
+ * taken only for its id lost all its cells at whatever moment the collector ran (what bench:longctx once took
+ * for an engine fault; results/longctx-dev/shared-context-fault-diagnosis.md).
+ */
+export function claimSequence(context: LlamaContext): LlamaContextSequence {
+    const sequence = context.getSequence();
+    const claimed = claimedSequences.get(context) ?? [];
+    claimed.push(sequence);
+    claimedSequences.set(context, claimed);
+    return sequence;
+}
+
 /** The KeepKV version string of a loaded binary, or null for a binary without the patches. */
 export function keepKvVersionOf(llama: Llama): string | null {
     const bindings = llama._bindings;

@@ -10,6 +10,7 @@ import {
     cellPositions, createKeepKvContext, KeepKvError, KeepKvOptions, keepKvContextStats, keepKvSequenceStats
 } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../../server/engine/llama-loader.js";
+import { claimSequence } from "../../server/engine/native-context.js";
 import { corpusPath, testModelPath, requireFile } from "../../lib/model-paths.js";
 import { rawDecodeMany } from "../../bench/lib/raw-decode.js";
 
@@ -112,7 +113,7 @@ describe("KeepKV transparent budget", function () {
 
         async function run(companions: Token[][]) {
             const context = await createKeepKvContext(model, { contextSize: 512, batchSize: 160, sequences: 4, threads, keepKv });
-            const sequences = [0, 1, 2, 3].map(() => context.getSequence());
+            const sequences = [0, 1, 2, 3].map(() => claimSequence(context));
             const streams = [prompts[0]!, ...companions];
             let logits = await rawDecodeMany(context, streams.map((tokens, seq) => ({ seq, pos: 0, tokens })));
             const out: Token[][] = [[], [], [], []];

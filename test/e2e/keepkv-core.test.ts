@@ -16,7 +16,7 @@ import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../..
 import { corpusPath, testModelPath, requireFile, sharedDir } from "../../lib/model-paths.js";
 import { repoRoot } from "../../lib/paths.js";
 import { maxAbsDiff, rawDecode } from "../../bench/lib/raw-decode.js";
-import { copyCellsRaw, nativeKeepKvOf, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
+import { claimSequence, copyCellsRaw, nativeKeepKvOf, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
 
 const f16ModelPath = () => requireFile(path.join(sharedDir, "models", "stories3M-f16.gguf"), "model", "KEEPKV_SHARED_DIR");
 
@@ -472,7 +472,7 @@ describe("KeepKV core", function () {
             const tokens = promptTokens(model, text, n + 1);
             const shared = await createKeepKvContext(model, { ...options, sequences: 2, keepKv: { policy: "evict", selection: "score", threshold: 0.5 } });
             try {
-                const [prompt, copy] = [shared.getSequence(), shared.getSequence()];
+                const [prompt, copy] = [claimSequence(shared), claimSequence(shared)];
                 await rawDecode(shared, nativeSequenceIdOf(prompt), 0, tokens.slice(0, n));
                 for (const p of policies) {
                     const own = await createKeepKvContext(model, { ...options, keepKv: { ...p, threshold: 0.5 } });

@@ -10,6 +10,7 @@ import type { Llama, LlamaModel, Token } from "node-llama-cpp";
 import { argmax } from "../../bench/lib/scoring.js";
 import { createKeepKvContext, keepKvContextStats } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../../server/engine/llama-loader.js";
+import { claimSequence } from "../../server/engine/native-context.js";
 import type { WsErrorMessage, WsFinalMessage } from "../../server/protocol/ws-messages.js";
 import { ensureKjvText } from "../../scripts/lib/long-text.js";
 import { httpJson, startServer, type ServerHandle } from "../helpers/server-process.js";
@@ -156,7 +157,7 @@ describe("SmolLM2-135M-Instruct, the default chat model", function () {
                     contextSize: 8192, sequences: 4, threads: 2, batchSize: 512, keepKv: { policy: "keepkv", budget: 0.1 }
                 });
                 try {
-                    const sequences = [0, 1, 2, 3].map(() => context.getSequence());
+                    const sequences = [0, 1, 2, 3].map(() => claimSequence(context));
                     const prompts = lengths.map((n, i) => passage(offsets[i]!, n));
                     const pos = [0, 0, 0, 0];
                     const out: Token[][] = [[], [], [], []];

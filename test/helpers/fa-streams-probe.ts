@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import { createKeepKvContext, setVote } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama } from "../../server/engine/llama-loader.js";
+import { claimSequence } from "../../server/engine/native-context.js";
 import { corpusPath, testModelPath } from "../../lib/model-paths.js";
 import { rawDecodeMany } from "../../bench/lib/raw-decode.js";
 
@@ -14,7 +15,7 @@ const prompts = text.split("\n").filter((l) => model.tokenize(l).length >= 40).m
 const context = await createKeepKvContext(model, {
     contextSize: 512, batchSize: 160, sequences: 4, threads: 1, flashAttention: process.env.KKV_PROBE_FA !== "0", keepKv: { policy: "keepkv" }
 });
-const sequences = [0, 1, 2, 3].map(() => context.getSequence());
+const sequences = [0, 1, 2, 3].map(() => claimSequence(context));
 await rawDecodeMany(context, prompts.slice(0, 4).map((tokens, seq) => ({ seq, pos: 0, tokens: tokens.slice(0, 39) })));
 // votes that differ per sequence and per KV head, so that a wrong mapping of either shows
 for (const [seq, sequence] of sequences.entries())
