@@ -311,7 +311,7 @@ async function main(): Promise<void> {
         model: path.basename(modelPath),
         threads,
         repeats,
-        note: `stories3M was trained on 512 positions: the longer contexts here measure speed only. Tokens are fed from the corpus. Ratios are against node-llama-cpp's vanilla prebuilt binary and against vanilla-local (the same sources without the KeepKV patches, built here with the same compiler and flags), measured in the same run; figures are medians of ${repeats} runs. keepkv: budget ${budgetFraction} of the context, recent 32, chunk ${chunkFraction > 0 ? chunkFraction + " of the budget" : "budget/4"}.`,
+        note: `Model ${path.basename(modelPath)}; contexts past the length it was trained on measure speed only. Tokens are fed from the corpus. Ratios are against node-llama-cpp's vanilla prebuilt binary and against vanilla-local (the same sources without the KeepKV patches, built here with the same compiler and flags), measured in the same run; figures are medians of ${repeats} runs. keepkv: budget ${budgetFraction} of the context, recent 32, chunk ${chunkFraction > 0 ? chunkFraction + " of the budget" : "budget/4"}.`,
         rows
     };
 
