@@ -527,8 +527,10 @@ describe(`fuzzing the server (${totalCases} cases, seed ${seed})`, function () {
         const refusals = new Set(ids.filter((id) => firstAnswers.get(id) !== "start").map((id) => firstAnswers.get(id)));
         assert.ok(started.length >= 4, `${started.length} started`);
         assert.deepEqual([...refusals].filter((code) => code !== "too_many_requests" && code !== "queue_full"), []);
-        const junkErrors = client.messages.filter((m) => m.type === "error" && m.id == null).length;
-        assert.equal(junkErrors, count, "every junk frame got its error");
+        // the junk's errors may still be on their way when the last request ends: wait for them, then count
+        const junkErrors = () => client.messages.filter((m) => m.type === "error" && m.id == null).length;
+        await waitFor("an error for every junk frame", () => junkErrors() >= count ? true : undefined, 120_000, 50);
+        assert.equal(junkErrors(), count, "every junk frame got its error");
         assert.equal(client.messages.filter((m) => m.type === "start").length, started.length, "no request started twice");
         const after = client.chat({ prompt: "After the storm", max_tokens: 3 });
         assert.equal((await after.done).type, "final");
