@@ -5,7 +5,7 @@ const { loadPatchedLlama } = await import(`${D}/server/engine/llama-loader.js`);
 const { createKeepKvContext, compressSequence, setKeepKvCompression, keepKvSequenceStats } = await import(`${D}/server/engine/keepkv.js`);
 const { needleCase, needleSeed, needleAnswered } = await import(`${D}/bench/lib/longctx-tasks.js`);
 const { evaluatePrompt, continueGreedy } = await import(`${D}/bench/lib/scoring.js`);
-const { removeCellsRaw, copyCellsRaw } = await import(`${D}/server/engine/native-context.js`);
+const { removeCellsRaw, copyCellsRaw, claimSequence } = await import(`${D}/server/engine/native-context.js`);
 const { rawDecode } = await import(`${D}/bench/lib/raw-decode.js`);
 const { resolveCorpus, resolveModel } = await import(`${D}/bench/lib/inputs.js`);
 const env = (k, d) => process.env[k] ?? d;
@@ -22,7 +22,8 @@ const model = await llama.loadModel({ modelPath: resolveModel("smollm2") });
 const tally = {};
 for (const task of TASKS) {
   const ctx = await createKeepKvContext(model, { contextSize: LEN + 16, sequences: 2, batchSize: 512, threads: 2, keepKv: { policy: "evict", selection: "score", scoreDecay: 0, observed: OBS } });
-  const [p, q] = [ctx.getSequence(), ctx.getSequence()];
+  // claimed: sequence 0 is used only by its id (shared-context-fault-diagnosis.md)
+  const [p, q] = [claimSequence(ctx), claimSequence(ctx)];
   for (const depth of DEPTHS) for (let s = 0; s < SEEDS; s++) {
     const c = needleCase(model, text, task, LEN, depth, needleSeed(LEN, depth, s));
     await evaluatePrompt(ctx, 0, c.prompt, 512);
