@@ -277,6 +277,7 @@ async function loadSettings() {
             ...settingRow("budget (cells per sequence)", c.keepkv.budget),
             ...settingRow("merge variant", c.keepkv.variant),
             ...settingRow("leaving cells chosen by", c.keepkv.selection),
+            ...settingRow("attention scores", c.keepkv.score_mode === "sum" ? "sum (H2O)" : `moving average, decay ${c.keepkv.score_decay}`),
             ...settingRow("sinks / recent", `${c.keepkv.sinks} / ${c.keepkv.recent}`),
             ...settingRow("merge threshold", c.keepkv.threshold),
             ...settingRow("protected from merges", c.keepkv.protect),

@@ -13,6 +13,9 @@ export type KeepKvVariant = typeof keepKvVariants[number];
 export const keepKvSelections = ["policy", "score", "recency"] as const;
 export type KeepKvSelection = typeof keepKvSelections[number];
 
+export const keepKvScoreModes = ["ema", "sum"] as const;
+export type KeepKvScoreMode = typeof keepKvScoreModes[number];
+
 export type KeepKvErrorCode =
     | "KEEPKV_INVALID_OPTION"
     | "KEEPKV_UNSUPPORTED_MODEL"
@@ -55,7 +58,12 @@ export type KeepKvOptions = {
     chunk?: number,
     /** Queries per sequence and batch observed to score the cells (the last ones). */
     observed?: number,
-    /** Decay of the exponential moving average of the scores, per batch, in [0, 1). */
+    /**
+     * How a cell's score follows the attention it receives: "ema" (a moving average, scoreDecay per batch)
+     * or "sum" (accumulated over every batch, H2O).
+     */
+    scoreMode?: KeepKvScoreMode,
+    /** Decay of the exponential moving average of the scores, per batch, in [0, 1) (scoreMode "ema"). */
     scoreDecay?: number,
     /** Decay of the representative query's moving average, in [0, 1); 0 = the last query. */
     queryDecay?: number,
@@ -124,9 +132,13 @@ export const keepKvOptionDecls = {
         type: "integer", range: { minimum: 1 }, default: 8,
         doc: "last queries of each sequence per batch that score the cells (cost: one extra K·q product of this many rows per layer)."
     },
+    scoreMode: {
+        type: "enum", values: keepKvScoreModes, default: "ema",
+        doc: "how a cell's attention score follows the attention it gets: ema (moving average, scoreDecay per batch: what was attended lately) or sum (accumulated over every batch, H2O: what was ever attended much, such as a fact a chat's first turn gave and the reply repeated)."
+    },
     scoreDecay: {
         type: "number", range: { minimum: 0, exclusiveMaximum: 1 }, default: 0.9,
-        doc: "decay of the attention-score moving average, per batch."
+        doc: "decay of the attention-score moving average, per batch (scoreMode ema)."
     },
     queryDecay: {
         type: "number", range: { minimum: 0, exclusiveMaximum: 1 }, default: 0,
@@ -176,7 +188,7 @@ function isInt(value: unknown): value is number {
     return typeof value === "number" && Number.isInteger(value);
 }
 
-function enumOption<K extends "policy" | "variant" | "selection">(options: KeepKvOptions, name: K): Decls[K]["values"][number] {
+function enumOption<K extends "policy" | "variant" | "selection" | "scoreMode">(options: KeepKvOptions, name: K): Decls[K]["values"][number] {
     const decl = keepKvOptionDecls[name];
     const value = options[name] ?? decl.default;
     if (!(decl.values as readonly string[]).includes(value))
@@ -212,6 +224,7 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
     const recent = intOption(options, "recent");
     const chunk = intOption(options, "chunk");
     const observed = intOption(options, "observed");
+    const scoreMode = enumOption(options, "scoreMode");
     const scoreDecay = numberOption(options, "scoreDecay");
     const queryDecay = numberOption(options, "queryDecay");
     const unifiedKvCache = options.unifiedKvCache ?? keepKvDefaults.unifiedKvCache;
@@ -240,5 +253,5 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         if (chunk > budgetCells - sinks - recent)
             throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
     }
-    return { policy, variant, selection, sinks, recent, threshold, protect, chunk, observed, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
+    return { policy, variant, selection, sinks, recent, threshold, protect, chunk, observed, scoreMode, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }

@@ -3,7 +3,7 @@
 // config-file schema are all generated from this table.
 import * as path from "node:path";
 import {
-    keepKvOptionDecls, type KeepKvOptionDecl, type KeepKvPolicy, type KeepKvSelection, type KeepKvVariant
+    keepKvOptionDecls, type KeepKvOptionDecl, type KeepKvPolicy, type KeepKvScoreMode, type KeepKvSelection, type KeepKvVariant
 } from "../../lib/keepkv-options.js";
 import { defaultModelPath } from "../../lib/model-paths.js";
 import {
@@ -39,6 +39,7 @@ export type ServerConfig = {
     protect: number,
     chunk: number,
     observed: number,
+    scoreMode: KeepKvScoreMode,
     scoreDecay: number,
     queryDecay: number,
     maxQueue: number,
@@ -213,6 +214,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
         doc: capitalize(kkv.chunk.doc)
     },
     observed: { group: "keepkv", schema: keepKvSchema(kkv.observed), default: kkv.observed.default, doc: capitalize(kkv.observed.doc) },
+    scoreMode: { group: "keepkv", schema: keepKvSchema(kkv.scoreMode), default: kkv.scoreMode.default, doc: capitalize(kkv.scoreMode.doc) },
     scoreDecay: { group: "keepkv", schema: keepKvSchema(kkv.scoreDecay), default: kkv.scoreDecay.default, doc: capitalize(kkv.scoreDecay.doc) },
     queryDecay: { group: "keepkv", schema: keepKvSchema(kkv.queryDecay), default: kkv.queryDecay.default, doc: capitalize(kkv.queryDecay.doc) },
     maxQueue: {

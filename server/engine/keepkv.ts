@@ -7,8 +7,8 @@
 // workers that use the memory (see keepKvReadStats in the node-llama-cpp patches).
 import type { LlamaContext, LlamaContextOptions, LlamaContextSequence, LlamaModel } from "node-llama-cpp";
 import {
-    KeepKvError, keepKvPolicies, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
-    type KeepKvPolicy, type KeepKvSelection, type KeepKvSettings, type KeepKvVariant
+    KeepKvError, keepKvPolicies, keepKvScoreModes, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
+    type KeepKvPolicy, type KeepKvScoreMode, type KeepKvSelection, type KeepKvSettings, type KeepKvVariant
 } from "../../lib/keepkv-options.js";
 import type { KeepKvContextStats, KeepKvSequenceStats } from "../protocol/engine-ipc.js";
 import {
@@ -18,8 +18,8 @@ import {
 import { errorMessage } from "../../lib/error-message.js";
 
 export {
-    KeepKvError, keepKvPolicies, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
-    type KeepKvPolicy, type KeepKvSelection, type KeepKvSettings, type KeepKvVariant
+    KeepKvError, keepKvPolicies, keepKvScoreModes, keepKvSelections, keepKvVariants, resolveKeepKvSettings, type KeepKvErrorCode, type KeepKvOptions,
+    type KeepKvPolicy, type KeepKvScoreMode, type KeepKvSelection, type KeepKvSettings, type KeepKvVariant
 };
 export type { KeepKvContextStats, KeepKvSequenceStats };
 
@@ -52,6 +52,7 @@ function toAddonParams(settings: KeepKvSettings) {
         observed: settings.observed,
         threshold: settings.threshold,
         protect: settings.protect,
+        score: keepKvScoreModes.indexOf(settings.scoreMode),
         scoreDecay: settings.scoreDecay,
         queryDecay: settings.queryDecay,
         unifiedKvCache: settings.unifiedKvCache

@@ -101,6 +101,7 @@ export function addDashboardApi(router: Router, deps: DashboardApiDeps): void {
                 protect: keepKv.protect ?? config.protect,
                 chunk: keepKv.chunk ?? config.chunk,
                 observed: keepKv.observed ?? config.observed,
+                score_mode: keepKv.scoreMode ?? config.scoreMode,
                 score_decay: keepKv.scoreDecay ?? config.scoreDecay,
                 query_decay: keepKv.queryDecay ?? config.queryDecay
             },

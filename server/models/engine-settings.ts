@@ -34,6 +34,7 @@ export function engineSettingsFor(config: ServerConfig, modelPath: string, train
             protect: config.protect,
             chunk: config.chunk,
             observed: config.observed,
+            scoreMode: config.scoreMode,
             scoreDecay: config.scoreDecay,
             queryDecay: config.queryDecay
         }

@@ -127,6 +127,7 @@ export type ServingConfig = {
         protect: number,
         chunk: number,
         observed: number,
+        score_mode: string,
         score_decay: number,
         query_decay: number
     },

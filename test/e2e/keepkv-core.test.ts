@@ -5,12 +5,12 @@ import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { Llama, LlamaCompletion, LlamaContextOptions, LlamaModel, Token } from "node-llama-cpp";
+import { Llama, LlamaCompletion, LlamaContextOptions, LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import { allCases, measurePerturbation, PerturbationResult, promptTokens } from "../../bench/lib/perturbation.js";
 import { makeMhaCopy } from "../../scripts/lib/gguf-mha.js";
 import {
     cellPositions, compressSequence, createKeepKvContext, KeepKvError, keepKvSequenceStats, keepKvSettingsOf, resolveKeepKvSettings,
-    setKeepKvCompression, setVote
+    setKeepKvCompression, setVote, type KeepKvOptions
 } from "../../server/engine/keepkv.js";
 import { loadPatchedLlama, loadVanillaLlama, loadVanillaLocalLlama } from "../../server/engine/llama-loader.js";
 import { corpusPath, testModelPath, requireFile, sharedDir } from "../../lib/model-paths.js";
@@ -351,6 +351,7 @@ describe("KeepKV core", function () {
                 [{ budget: 2.5 }, "budget"],
                 [{ policy: "off", budget: 64 }, "budget"],
                 [{ scoreDecay: 1 }, "scoreDecay"],
+                [{ scoreMode: "max" }, "scoreMode"],
                 [{ protect: 1 }, "protect"],
                 [{ protect: -0.1 }, "protect"]
             ];
@@ -369,6 +370,7 @@ describe("KeepKV core", function () {
             await assert.rejects(raw({ policy: 4, budget: 20, sinks: 4, recent: 32 }), /KeepKV: a budget of 20 cells/);
             await assert.rejects(raw({ policy: 0, budget: 64 }), /KeepKV: a KV budget needs a compression policy/);
             await assert.rejects(raw({ policy: 4, protect: 1 }), /KeepKV: the protected fraction must be in \[0, 1\)/);
+            await assert.rejects(raw({ policy: 2, score: 2 }), /KeepKV: unknown score 2/);
         });
 
         it("a refused context does not keep its model from being disposed, even once it is garbage collected", function () {
@@ -453,6 +455,100 @@ describe("KeepKV core", function () {
         });
     });
 
+    describe("accumulated scores (scoreMode sum)", function () {
+        // The scores as a saved state carries them (keepkv_state_write in the patch series): after K and V the
+        // magic "KKV1", the state version (3), the parameters (13 fields of 32 bits), n_layer, then per layer
+        // n_head_kv, the log votes of every saved cell and then their scores (n_head_kv floats per cell).
+        async function savedScores(sequence: LlamaContextSequence, name: string): Promise<Float32Array[][]> {
+            const file = path.join(tmp, `${name}.state`);
+            await sequence.saveStateToFile(file);
+            const cells = (await cellPositions(sequence)).length;
+            const buf = fs.readFileSync(file);
+            let at = -1;
+            for (let i = 0; i + 8 <= buf.length && at < 0; i++)
+                if (buf.readUInt32LE(i) === 0x31564b4b && buf.readUInt32LE(i + 4) === 3)
+                    at = i;
+            assert.ok(at >= 0, "the state has a KeepKV section of version 3");
+            let o = at + 8 + 13 * 4;
+            const layers: Float32Array[][] = [];
+            const nLayer = buf.readUInt32LE(o);
+            o += 4;
+            for (let l = 0; l < nLayer; l++) {
+                const nHead = buf.readUInt32LE(o);
+                o += 4 + cells * nHead * 4;
+                const heads = Array.from({ length: nHead }, () => new Float32Array(cells));
+                for (let c = 0; c < cells; c++)
+                    for (let h = 0; h < nHead; h++, o += 4)
+                        heads[h]![c] = buf.readFloatLE(o);
+                layers.push(heads);
+            }
+            return layers;
+        }
+        const total = (scores: Float32Array) => scores.reduce((a, b) => a + b, 0);
+
+        /** The scores after a 64-token prompt in one batch, and after 5 more tokens, one batch each. */
+        async function scoresOverBatches(keepKv: KeepKvOptions) {
+            const context = await createKeepKvContext(model, {
+                contextSize: 512, batchSize: 512, threads: 1, keepKv: { policy: "evict", selection: "score", ...keepKv }
+            });
+            try {
+                const sequence = context.getSequence();
+                const tokens = promptTokens(model, text, 69);
+                await sequence.evaluateWithoutGeneratingNewTokens(tokens.slice(0, 64));
+                const first = await savedScores(sequence, `first-${JSON.stringify(keepKv)}`);
+                for (const token of tokens.slice(64))
+                    await sequence.evaluateWithoutGeneratingNewTokens([token]);
+                return { first, later: await savedScores(sequence, `later-${JSON.stringify(keepKv)}`) };
+            } finally {
+                await context.dispose();
+            }
+        }
+
+        it("a cell's score is the attention it got in every batch: each KV head hands out the same total per batch", async function () {
+            const sum = await scoresOverBatches({ scoreMode: "sum", scoreDecay: 0.9 });
+            const ema = await scoresOverBatches({ scoreMode: "ema", scoreDecay: 0.9 });
+            const unit = total(sum.first[0]![0]!);
+            assert.ok(unit > 0.5, `the first batch gave its attention (${unit})`);
+            sum.first.forEach((heads, l) => heads.forEach((first, h) => {
+                const later = sum.later[l]![h]!;
+                assert.ok(Math.abs(total(first) - unit) < 1e-3 * unit, `layer ${l} head ${h}: one batch, one unit (${total(first)})`);
+                assert.ok(Math.abs(total(later) - 6 * unit) < 1e-3 * unit, `layer ${l} head ${h}: six batches, six units (${total(later)})`);
+                first.forEach((score, c) => assert.ok(later[c]! >= score - 1e-6, `layer ${l} head ${h} cell ${c}: a sum never falls`));
+                // the moving average starts from the same first observation and then stays near one unit
+                assert.deepEqual(ema.first[l]![h], first, `layer ${l} head ${h}: the same first observation`);
+                assert.ok(total(ema.later[l]![h]!) < 2 * unit, `layer ${l} head ${h}: the moving average does not accumulate`);
+            }));
+            // the decay does not apply to a sum
+            assert.deepEqual((await scoresOverBatches({ scoreMode: "sum", scoreDecay: 0.2 })).later, sum.later);
+        });
+
+        it("a cell that merges go into keeps its own score (the moving average adds the leaving cells' scores to it)", async function () {
+            const retainedScores = async (scoreMode: "ema" | "sum") => {
+                const context = await createKeepKvContext(model, {
+                    contextSize: 512, batchSize: 512, threads: 1, keepKv: { policy: "keepkv", selection: "score", threshold: 1e-6, scoreMode }
+                });
+                try {
+                    const sequence = context.getSequence();
+                    await sequence.evaluateWithoutGeneratingNewTokens(promptTokens(model, text, 300));
+                    const before = await savedScores(sequence, `merge-before-${scoreMode}`);
+                    assert.equal(await compressSequence(sequence, 100), 100);
+                    assert.ok((await keepKvSequenceStats(sequence)).merges > 50, "most leaving cells merged");
+                    return { before, after: await savedScores(sequence, `merge-after-${scoreMode}`) };
+                } finally {
+                    await context.dispose();
+                }
+            };
+            // the scores after the compression that are none of the scores before it (in any layer and head)
+            const changed = ({ before, after }: { before: Float32Array[][], after: Float32Array[][] }) =>
+                after.reduce((n, heads, l) => n + heads.reduce((m, scores, h) => {
+                    const old = new Set(before[l]![h]!);
+                    return m + scores.filter((s) => !old.has(s)).length;
+                }, 0), 0);
+            assert.equal(changed(await retainedScores("sum")), 0, "with sums every retained cell keeps its score");
+            assert.ok(changed(await retainedScores("ema")) > 100, "with moving averages the cells that merges went into gained their scores");
+        });
+    });
+
     describe("changing how a live context compresses", function () {
         // how bench:longctx compresses one prompt by every policy: the prompt once in sequence 0, then for each
         // policy a copy of it in sequence 1 (a stream copy: cells, votes, scores and the representative query),
@@ -518,6 +614,7 @@ describe("KeepKV core", function () {
                 // what the TypeScript type leaves out is refused by llama.cpp itself
                 assert.throws(() => nativeKeepKvOf(context).keepKvSetParams({ sinks: 8 }), /only the policy, variant, selection/);
                 assert.throws(() => nativeKeepKvOf(context).keepKvSetParams({ observed: 4 }), /only the policy, variant, selection/);
+                assert.throws(() => nativeKeepKvOf(context).keepKvSetParams({ score: 1 }), /only the policy, variant, selection/);
                 assert.equal(keepKvSettingsOf(context).policy, "window");
                 // still the window: the oldest movable cells leave
                 assert.equal(await compressSequence(sequence, 10), 10);

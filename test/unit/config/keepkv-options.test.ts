@@ -43,7 +43,7 @@ function checkAccepts(key: RangedKey, value: number): boolean {
 
 describe("KeepKV options (lib/keepkv-options.ts)", function () {
     it("the server's schema of each option is its declaration: the same values, range and default", function () {
-        for (const key of ["policy", "variant", "selection"] as const) {
+        for (const key of ["policy", "variant", "selection", "scoreMode"] as const) {
             assert.deepEqual(optionDecls[key].schema.enum, keepKvOptionDecls[key].values, key);
             if (key !== "selection")
                 assert.equal(optionDecls[key].default, keepKvOptionDecls[key].default, key);
@@ -75,11 +75,13 @@ describe("KeepKV options (lib/keepkv-options.ts)", function () {
         assert.throws(() => resolveKeepKvSettings({ threshold: 0 }, 512), /"threshold": must be in \(0, 1\], got 0/);
         assert.throws(() => resolveKeepKvSettings({ sinks: 1.5 }, 512), /"sinks": must be an integer >= 0, got 1.5/);
         assert.throws(() => resolveKeepKvSettings({ policy: "lru" as never }, 512), /unknown policy "lru"; use one of off, window, evict, merge-naive, keepkv/);
+        assert.throws(() => resolveKeepKvSettings({ scoreMode: "max" as never }, 512), /unknown scoreMode "max"; use one of ema, sum/);
+        assert.throws(() => loadConfig(["--score-mode", "max"], {}), (err: unknown) => err instanceof ConfigError && err.option === "scoreMode");
     });
 
     it("fills the declared defaults", function () {
         const settings = resolveKeepKvSettings({}, 512);
-        for (const key of [...ranged, "policy", "variant", "selection", "unifiedKvCache"] as const)
+        for (const key of [...ranged, "policy", "variant", "selection", "scoreMode", "unifiedKvCache"] as const)
             assert.equal(settings[key], keepKvOptionDecls[key].default, key);
         assert.equal(settings.budgetCells, null);
     });
