@@ -18,7 +18,9 @@
 // question), evaluated after the text so far and removed again (bench/lib/longctx-run.ts). The full cache is
 // the ceiling; every policy and selection runs on the same cases in one run. The prompt-end configurations and
 // the full cache share one evaluation of each prompt: each compresses a copy of it with its own policy set on the
-// live context (runPromptEnd; the same replies as a context per configuration, about 5x faster).
+// live context (runPromptEnd; the same replies as a context per configuration, about 5x faster). --keepkv
+// applies to every compressing configuration, the multi-turn servers' included (as their flags: scoreMode is
+// --score-mode).
 // Writes results/<out>/longctx.json, longctx.md, accuracy-<task>.png and needle-heatmap-<budget>.png.
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -40,13 +42,13 @@ const taskDocs: Record<LongctxTask, string> = {
 
 /** One server per configuration (SmolLM2 at an 8k context), each conversation from its seed. */
 async function runMultiturn(configs: LongctxConfig[], text: string, modelPath: string, target: number, seeds: number, threads: number,
-    form: MultiturnForm): Promise<LongctxRow[]> {
+    form: MultiturnForm, keepKv: KeepKvOptions): Promise<LongctxRow[]> {
     const rows: LongctxRow[] = [];
     for (const config of configs) {
         const budgetCells = config.budget == null ? null : Math.round(config.budget * target);
         const server = await startServer({
             args: ["--model", modelPath, "--context-size", "8192", "--sequences", "1", "--threads", String(threads), "--log-level", "warn",
-                ...serverArgsOf(config, budgetCells)],
+                ...serverArgsOf(config, budgetCells, keepKv)],
             timeoutMs: 300_000
         });
         try {
@@ -156,7 +158,7 @@ async function main(): Promise<void> {
     }
     if (tasks.includes("multiturn"))
         rows.push(...await runMultiturn(configs.filter((c) => c.setting === "streaming"), text, modelPath, Number(args["multiturn-tokens"]), Number(args["multiturn-seeds"]), opts.threads,
-            args["multiturn-form"] as MultiturnForm));
+            args["multiturn-form"] as MultiturnForm, opts.keepKv));
 
     // accuracy per task, configuration and budget, over every length and depth
     const labels = [...new Set(configs.filter((c) => c.budget != null).map((c) => c.label))];
@@ -185,10 +187,16 @@ async function main(): Promise<void> {
     ];
     let md = `# Long-context retrieval, ${report.model}\n\n`
         + `\`npm run bench:longctx -- ${process.argv.slice(2).map(shellWord).join(" ")}\` (${report.seconds} s, ${report.machine.cpu}, ${report.machine.date.slice(0, 10)}).\n`
-        + `Accuracy over lengths ${lengths.join(", ")} and depths ${depths.join(", ")} (${Number(args.seeds)} seed(s) each); the budget is a fraction of the prompt.\n\n`
-        + tasks.map((t) => `- **${t}**: ${taskDocs[t]}`).join("\n") + "\n\n"
+        + (tasks.some((t) => t !== "multiturn")
+            ? `Accuracy over lengths ${lengths.join(", ")} and depths ${depths.join(", ")} (${Number(args.seeds)} seed(s) each); the budget is a fraction of the prompt.\n`
+            : "")
+        + (tasks.includes("multiturn")
+            ? `Multi-turn: ${Number(args["multiturn-seeds"])} conversation(s) of about ${Number(args["multiturn-tokens"])} tokens (form ${args["multiturn-form"]}); the budget is a fraction of ${Number(args["multiturn-tokens"])} tokens.\n`
+            : "")
+        + "\n" + tasks.map((t) => `- **${t}**: ${taskDocs[t]}`).join("\n") + "\n\n"
         + markdownTable(summaries, columns) + "\n";
-    md += "## By length\n\n";
+    if (tasks.some((t) => t !== "multiturn"))
+        md += "## By length\n\n";
     for (const task of tasks.filter((t) => t !== "multiturn")) {
         const byLen: { config: string, budget: number | null }[] = [{ config: "full cache", budget: null },
             ...budgets.flatMap((b) => labels.map((config) => ({ config, budget: b })))];

@@ -256,10 +256,15 @@ export async function evaluateWithProbe(context: LlamaContext, sequence: LlamaCo
     return await rawDecode(context, 0, probeAt, prompt.slice(probeAt));
 }
 
-/** The server's command-line arguments for a configuration (the budget in cells). */
-export function serverArgsOf(config: LongctxConfig, budgetCells: number | null): string[] {
+/**
+ * The server's command-line arguments for a configuration (the budget in cells), with the --keepkv options of
+ * the run for a compressing one (its flag is the option's name in kebab case: scoreDecay, --score-decay).
+ */
+export function serverArgsOf(config: LongctxConfig, budgetCells: number | null, keepKv: KeepKvOptions = {}): string[] {
     if (config.policy === "off")
         return ["--policy", "off"];
+    const extra = Object.entries(keepKv).filter(([name]) => !["policy", "variant", "selection", "budget"].includes(name))
+        .flatMap(([name, value]) => [`--${name.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())}`, String(value)]);
     return ["--policy", config.policy, "--selection", config.selection, "--budget", String(budgetCells),
-        ...config.variant != null ? ["--variant", config.variant] : []];
+        ...config.variant != null ? ["--variant", config.variant] : [], ...extra];
 }
