@@ -185,9 +185,10 @@ async function main(): Promise<void> {
         { title: "policy", value: (s: Summary) => s.config },
         ...budgets.map((b, i) => ({ title: `${b * 100}% budget`, value: (s: Summary) => pct(s.byBudget[i]!) }))
     ];
+    const textTasks = tasks.filter((t) => t !== "multiturn");
     let md = `# Long-context retrieval, ${report.model}\n\n`
         + `\`npm run bench:longctx -- ${process.argv.slice(2).map(shellWord).join(" ")}\` (${report.seconds} s, ${report.machine.cpu}, ${report.machine.date.slice(0, 10)}).\n`
-        + (tasks.some((t) => t !== "multiturn")
+        + (textTasks.length > 0
             ? `Accuracy over lengths ${lengths.join(", ")} and depths ${depths.join(", ")} (${Number(args.seeds)} seed(s) each); the budget is a fraction of the prompt.\n`
             : "")
         + (tasks.includes("multiturn")
@@ -195,9 +196,9 @@ async function main(): Promise<void> {
             : "")
         + "\n" + tasks.map((t) => `- **${t}**: ${taskDocs[t]}`).join("\n") + "\n\n"
         + markdownTable(summaries, columns) + "\n";
-    if (tasks.some((t) => t !== "multiturn"))
+    if (textTasks.length > 0)
         md += "## By length\n\n";
-    for (const task of tasks.filter((t) => t !== "multiturn")) {
+    for (const task of textTasks) {
         const byLen: { config: string, budget: number | null }[] = [{ config: "full cache", budget: null },
             ...budgets.flatMap((b) => labels.map((config) => ({ config, budget: b })))];
         md += `### ${task}\n\n` + markdownTable(byLen, [

@@ -10,6 +10,7 @@ import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
 import { claimSequence, copyCellsRaw, decodeRaw, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
 import { rawDecode } from "./raw-decode.js";
+import { flagOf } from "../../server/config/options.js";
 
 /**
  * streaming: the budget holds from the first token, the cache compresses as the prompt is evaluated (what the
@@ -264,7 +265,7 @@ export function serverArgsOf(config: LongctxConfig, budgetCells: number | null, 
     if (config.policy === "off")
         return ["--policy", "off"];
     const extra = Object.entries(keepKv).filter(([name]) => !["policy", "variant", "selection", "budget"].includes(name))
-        .flatMap(([name, value]) => [`--${name.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase())}`, String(value)]);
+        .flatMap(([name, value]) => [flagOf(name), String(value)]);
     return ["--policy", config.policy, "--selection", config.selection, "--budget", String(budgetCells),
         ...config.variant != null ? ["--variant", config.variant] : [], ...extra];
 }
