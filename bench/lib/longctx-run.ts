@@ -10,7 +10,7 @@ import { needleAnswered, type NeedleCase, needleTasks } from "./longctx-tasks.js
 import { continueGreedy, evaluatePrompt } from "./scoring.js";
 import { claimSequence, copyCellsRaw, decodeRaw, nativeSequenceIdOf, removeCellsRaw } from "../../server/engine/native-context.js";
 import { rawDecode } from "./raw-decode.js";
-import { flagOf } from "../../server/config/options.js";
+import { flagOf } from "../../lib/option-names.js";
 
 /**
  * streaming: the budget holds from the first token, the cache compresses as the prompt is evaluated (what the

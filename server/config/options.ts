@@ -6,6 +6,7 @@ import {
     keepKvOptionDecls, type KeepKvOptionDecl, type KeepKvPolicy, type KeepKvScoreMode, type KeepKvSelection, type KeepKvVariant
 } from "../../lib/keepkv-options.js";
 import { defaultModelPath } from "../../lib/model-paths.js";
+export { envOf, flagOf } from "../../lib/option-names.js";
 import {
     chatTemplateModes, flashAttentionModes, kvCacheTypes, type ChatTemplateMode, type FlashAttentionMode, type KvCacheType
 } from "../protocol/engine-ipc.js";
@@ -339,16 +340,6 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
 };
 
 export const optionKeys = Object.keys(optionDecls) as (keyof ServerConfig)[];
-
-/** `contextSize` -> `--context-size` */
-export function flagOf(key: string): string {
-    return "--" + key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
-}
-
-/** `contextSize` -> `KEEPKV_CONTEXT_SIZE` */
-export function envOf(key: string): string {
-    return "KEEPKV_" + key.replace(/[A-Z]/g, (c) => "_" + c).toUpperCase();
-}
 
 export function defaultOf<K extends keyof ServerConfig>(key: K): ServerConfig[K] {
     const value = optionDecls[key].default;
