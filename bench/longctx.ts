@@ -122,7 +122,7 @@ async function main(): Promise<void> {
     // each at every budget (experiments: options a live context can change, compared in the same run)
     const extras = JSON.parse(String(args.extra)) as ExtraConfig[];
     if (!Array.isArray(extras) || extras.some((e) => typeof e?.label !== "string" || e.policy == null || (e.policy as string) === "off"))
-        throw new Error("--extra must be a JSON array of {label, policy (not off), variant?, selection?, threshold?, protect?}");
+        throw new Error("--extra must be a JSON array of {label, policy (not off), variant?, selection?, threshold?, protect?, valueThreshold?}");
     const configs = [
         ...longctxConfigs(args.configs as "compact" | "all", budgets, settings).filter((c) => only == null || c.policy === "off" || only.includes(c.label)),
         ...extraConfigs(extras, budgets)

@@ -281,6 +281,7 @@ async function loadSettings() {
             ...settingRow("sinks / recent", `${c.keepkv.sinks} / ${c.keepkv.recent}`),
             ...settingRow("merge threshold", c.keepkv.threshold),
             ...settingRow("protected from merges", c.keepkv.protect),
+            ...settingRow("value threshold", c.keepkv.value_threshold),
             ...settingRow("KeepKV build", c.keepkv_version)
         );
     } catch (err) {

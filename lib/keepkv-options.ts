@@ -54,6 +54,11 @@ export type KeepKvOptions = {
      * merges, in [0, 1); 0 = any retained cell may receive one.
      */
     protect?: number,
+    /**
+     * keepkv with score selection: cosine similarity of the values below which a leaving cell is evicted
+     * instead of merged into the cell its key chose, in [-1, 1]; -1 = the keys alone decide.
+     */
+    valueThreshold?: number,
     /** Cells removed at least per automatic compression; 0 = budget/4. Larger: fewer, bigger compressions. */
     chunk?: number,
     /** Queries per sequence and batch observed to score the cells (the last ones). */
@@ -123,6 +128,10 @@ export const keepKvOptionDecls = {
     protect: {
         type: "number", range: { minimum: 0, exclusiveMaximum: 1 }, default: 0.5,
         doc: "fraction of the retained cells, the best attended, that no leaving cell merges into (keepkv policy, score selection: a merge changes what later queries read there); 0 = any."
+    },
+    valueThreshold: {
+        type: "number", range: { minimum: -1, maximum: 1 }, default: 0.8,
+        doc: "cosine similarity of the values below which a leaving cell is evicted instead of merged into the cell its key chose (keepkv policy, score selection: the merged value is a mix that only the representative query reads unchanged, and alike keys, such as two digits', often carry unlike values); -1 = keys alone decide."
     },
     chunk: {
         type: "integer", range: { minimum: 0 }, default: 0, defaultDoc: "budget/4",
@@ -204,7 +213,7 @@ function intOption(options: KeepKvOptions, name: "sinks" | "recent" | "chunk" | 
     return value;
 }
 
-function numberOption(options: KeepKvOptions, name: "threshold" | "protect" | "scoreDecay" | "queryDecay"): number {
+function numberOption(options: KeepKvOptions, name: "threshold" | "protect" | "valueThreshold" | "scoreDecay" | "queryDecay"): number {
     const { range, default: fallback } = keepKvOptionDecls[name];
     const value = options[name] ?? fallback;
     if (typeof value !== "number" || !inRange(value, range))
@@ -232,6 +241,7 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         throw invalid("unifiedKvCache", `must be true or false, got ${String(unifiedKvCache)}`);
     const threshold = numberOption(options, "threshold");
     const protect = numberOption(options, "protect");
+    const valueThreshold = numberOption(options, "valueThreshold");
 
     let budgetCells: number | null = null;
     const budget = options.budget ?? keepKvDefaults.budget;
@@ -253,5 +263,5 @@ export function resolveKeepKvSettings(options: KeepKvOptions, contextSize: numbe
         if (chunk > budgetCells - sinks - recent)
             throw invalid("chunk", `${chunk} cells is more than a full sequence can give (${budgetCells - sinks - recent})`);
     }
-    return { policy, variant, selection, sinks, recent, threshold, protect, chunk, observed, scoreMode, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
+    return { policy, variant, selection, sinks, recent, threshold, protect, valueThreshold, chunk, observed, scoreMode, scoreDecay, queryDecay, unifiedKvCache, budgetCells };
 }

@@ -28,20 +28,24 @@ export type LongctxConfig = {
     label: string, policy: KeepKvPolicy, variant: KeepKvVariant | null, selection: KeepKvSelection, budget: number | null,
     setting: LongctxSetting,
     /** options of this configuration's compression, over the run's --keepkv (what a live context can change) */
-    compress?: Pick<KeepKvOptions, "threshold" | "protect">
+    compress?: Pick<KeepKvOptions, "threshold" | "protect" | "valueThreshold">
 };
 
 /** A configuration named on the command line (bench:longctx --extra): compared at the prompt's end. */
 export type ExtraConfig = {
     label: string, policy: Exclude<KeepKvPolicy, "off">, variant?: KeepKvVariant, selection?: KeepKvSelection,
-    threshold?: number, protect?: number
+    threshold?: number, protect?: number, valueThreshold?: number
 };
 
 /** The prompt-end configurations of --extra, one per budget. */
 export function extraConfigs(extras: readonly ExtraConfig[], budgets: number[]): LongctxConfig[] {
     return budgets.flatMap((budget) => extras.map((e) => ({
         label: e.label, policy: e.policy, variant: e.variant ?? null, selection: e.selection ?? "policy", budget, setting: "prompt-end" as const,
-        compress: { ...e.threshold != null ? { threshold: e.threshold } : {}, ...e.protect != null ? { protect: e.protect } : {} }
+        compress: {
+            ...e.threshold != null ? { threshold: e.threshold } : {},
+            ...e.protect != null ? { protect: e.protect } : {},
+            ...e.valueThreshold != null ? { valueThreshold: e.valueThreshold } : {}
+        }
     })));
 }
 
@@ -109,8 +113,8 @@ function keepKvOptionsOf(config: LongctxConfig, budgetCells: number | null, keep
  * an --extra configuration carried into every configuration after it, case after case).
  */
 export function compressionOf(config: LongctxConfig, keepKv: KeepKvOptions | undefined, contextSize: number): Required<KeepKvCompressionChange> {
-    const { policy, variant, selection, threshold, protect } = resolveKeepKvSettings(keepKvOptionsOf(config, null, keepKv, undefined), contextSize);
-    return { policy, variant, selection, threshold, protect };
+    const { policy, variant, selection, threshold, protect, valueThreshold } = resolveKeepKvSettings(keepKvOptionsOf(config, null, keepKv, undefined), contextSize);
+    return { policy, variant, selection, threshold, protect, valueThreshold };
 }
 
 /** Compresses sequence `seq` down to `budgetCells` and evaluates the prompt's last token again on what is left. */

@@ -119,8 +119,9 @@ export async function measurePerturbation(opts: PerturbationOptions): Promise<Pe
 
     const results: PerturbationResult[] = [];
     for (const c of opts.cases ?? allCases) {
+        // merges where the keys allow, whatever the values: this measures what a merge perturbs, not how many
         const context = await createKeepKvContext(model, {
-            ...contextOptions, keepKv: { policy: c.policy, variant: c.variant, threshold: opts.threshold }
+            ...contextOptions, keepKv: { policy: c.policy, variant: c.variant, threshold: opts.threshold, valueThreshold: -1 }
         });
         const sequence = context.getSequence();
         const before = await evaluateLast(sequence, tokens);

@@ -38,6 +38,7 @@ export type ServerConfig = {
     recent: number,
     threshold: number,
     protect: number,
+    valueThreshold: number,
     chunk: number,
     observed: number,
     scoreMode: KeepKvScoreMode,
@@ -209,6 +210,7 @@ export const optionDecls: { [K in keyof ServerConfig]: OptionDecl<ServerConfig[K
     recent: { group: "keepkv", schema: keepKvSchema(kkv.recent), default: kkv.recent.default, doc: capitalize(kkv.recent.doc) },
     threshold: { group: "keepkv", schema: keepKvSchema(kkv.threshold), default: kkv.threshold.default, doc: capitalize(kkv.threshold.doc) },
     protect: { group: "keepkv", schema: keepKvSchema(kkv.protect), default: kkv.protect.default, doc: capitalize(kkv.protect.doc) },
+    valueThreshold: { group: "keepkv", schema: keepKvSchema(kkv.valueThreshold), default: kkv.valueThreshold.default, doc: capitalize(kkv.valueThreshold.doc) },
     chunk: {
         group: "keepkv", schema: keepKvSchema(kkv.chunk), default: kkv.chunk.default,
         defaultDoc: `0 (${kkv.chunk.defaultDoc})`,

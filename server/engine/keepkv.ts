@@ -52,6 +52,7 @@ function toAddonParams(settings: KeepKvSettings) {
         observed: settings.observed,
         threshold: settings.threshold,
         protect: settings.protect,
+        valueThreshold: settings.valueThreshold,
         score: keepKvScoreModes.indexOf(settings.scoreMode),
         scoreDecay: settings.scoreDecay,
         queryDecay: settings.queryDecay,
@@ -137,10 +138,10 @@ export async function compressSequence(sequence: LlamaContextSequence, what: num
 }
 
 /** What a live context's compression can change to (llama_keepkv_set_params): what acts when cells leave. */
-export type KeepKvCompressionChange = Pick<KeepKvOptions, "policy" | "variant" | "selection" | "threshold" | "protect">;
+export type KeepKvCompressionChange = Pick<KeepKvOptions, "policy" | "variant" | "selection" | "threshold" | "protect" | "valueThreshold">;
 
 /**
- * Changes how a live context compresses: its policy (not to or from "off"), variant, selection, threshold and
+ * Changes how a live context compresses: its policy (not to or from "off"), variant, selection, thresholds and
  * protected fraction. The other settings size the cache or shape its graphs and stay. A selection by score is
  * refused where the context keeps no scores (its selection is by recency). For tools that compress the same
  * prompt by several policies (a copy of the sequence each); the server never changes them.

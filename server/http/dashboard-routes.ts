@@ -99,6 +99,7 @@ export function addDashboardApi(router: Router, deps: DashboardApiDeps): void {
                 recent: keepKv.recent ?? config.recent,
                 threshold: keepKv.threshold ?? config.threshold,
                 protect: keepKv.protect ?? config.protect,
+                value_threshold: keepKv.valueThreshold ?? config.valueThreshold,
                 chunk: keepKv.chunk ?? config.chunk,
                 observed: keepKv.observed ?? config.observed,
                 score_mode: keepKv.scoreMode ?? config.scoreMode,

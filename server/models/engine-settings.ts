@@ -32,6 +32,7 @@ export function engineSettingsFor(config: ServerConfig, modelPath: string, train
             recent: config.recent,
             threshold: config.threshold,
             protect: config.protect,
+            valueThreshold: config.valueThreshold,
             chunk: config.chunk,
             observed: config.observed,
             scoreMode: config.scoreMode,

@@ -125,6 +125,7 @@ export type ServingConfig = {
         recent: number,
         threshold: number,
         protect: number,
+        value_threshold: number,
         chunk: number,
         observed: number,
         score_mode: string,

@@ -85,9 +85,9 @@ describe("dashboard in headless Chromium", function () {
         assert.equal(config.body.keepkv.budget, budget);
         // every KeepKV setting that serves, the server's defaults here
         assert.deepEqual(
-            [config.body.keepkv.selection, config.body.keepkv.protect, config.body.keepkv.observed, config.body.keepkv.score_mode,
-                config.body.keepkv.score_decay, config.body.keepkv.query_decay],
-            ["recency", 0.5, 8, "ema", 0.9, 0]);
+            [config.body.keepkv.selection, config.body.keepkv.protect, config.body.keepkv.value_threshold, config.body.keepkv.observed,
+                config.body.keepkv.score_mode, config.body.keepkv.score_decay, config.body.keepkv.query_decay],
+            ["recency", 0.5, 0.8, 8, "ema", 0.9, 0]);
         assert.equal(config.body.model.id, "stories3M-q8_0.gguf");
         assert.equal(config.body.sequences, 2);
     });
@@ -105,6 +105,7 @@ describe("dashboard in headless Chromium", function () {
         assert.match(settings ?? "", /KV policykeepkv/);
         assert.match(settings ?? "", /merge variantkey/);
         assert.match(settings ?? "", /attention scoresmoving average, decay 0\.9/);
+        assert.match(settings ?? "", /value threshold0\.8/);
         const origin = new URL(server.url).origin;
         const foreign = requested.filter((u) => !u.startsWith(origin) && !u.startsWith(origin.replace(/^http/, "ws")) && !u.startsWith("data:"));
         assert.deepEqual(foreign, []);

@@ -353,7 +353,9 @@ describe("KeepKV core", function () {
                 [{ scoreDecay: 1 }, "scoreDecay"],
                 [{ scoreMode: "max" }, "scoreMode"],
                 [{ protect: 1 }, "protect"],
-                [{ protect: -0.1 }, "protect"]
+                [{ protect: -0.1 }, "protect"],
+                [{ valueThreshold: -1.5 }, "valueThreshold"],
+                [{ valueThreshold: 1.01 }, "valueThreshold"]
             ];
             for (const [options, option] of cases) {
                 assert.throws(() => resolveKeepKvSettings(options, 512), (err: unknown) =>
@@ -371,6 +373,7 @@ describe("KeepKV core", function () {
             await assert.rejects(raw({ policy: 0, budget: 64 }), /KeepKV: a KV budget needs a compression policy/);
             await assert.rejects(raw({ policy: 4, protect: 1 }), /KeepKV: the protected fraction must be in \[0, 1\)/);
             await assert.rejects(raw({ policy: 2, score: 2 }), /KeepKV: unknown score 2/);
+            await assert.rejects(raw({ policy: 4, valueThreshold: -2 }), /KeepKV: the value similarity threshold must be in \[-1, 1\]/);
         });
 
         it("a refused context does not keep its model from being disposed, even once it is garbage collected", function () {
@@ -433,7 +436,7 @@ describe("KeepKV core", function () {
         // more mass a target's vote holds
         const largestVote = async (protect: number) => {
             const context = await createKeepKvContext(model, {
-                contextSize: 512, batchSize: 64, keepKv: { policy: "keepkv", selection: "score", threshold: 1e-6, protect }
+                contextSize: 512, batchSize: 64, keepKv: { policy: "keepkv", selection: "score", threshold: 1e-6, valueThreshold: -1, protect }
             });
             try {
                 const sequence = context.getSequence();
@@ -455,9 +458,48 @@ describe("KeepKV core", function () {
         });
     });
 
+    describe("value threshold", function () {
+        // 150 of 300 cells leave and every key may merge (threshold near 0): how many merge is up to how alike
+        // the values of a leaving cell and of the target its key chose are. `merges` counts cells (merged
+        // slots over the slots of a cell)
+        const mergesWith = async (valueThreshold: number, flashAttention: boolean, selection: "score" | "recency" = "score") => {
+            const context = await createKeepKvContext(model, {
+                contextSize: 512, batchSize: 64, flashAttention, threads: 1,
+                keepKv: { policy: "keepkv", selection, threshold: 1e-6, protect: 0, valueThreshold }
+            });
+            try {
+                const sequence = context.getSequence();
+                await sequence.evaluateWithoutGeneratingNewTokens(promptTokens(model, text, 300));
+                assert.equal(await compressSequence(sequence, 150), 150);
+                const stats = await keepKvSequenceStats(sequence);
+                assert.ok(Math.abs(stats.merges + stats.evictions - 150) < 1e-9, `every leaving slot merged or evicted (${stats.merges} + ${stats.evictions})`);
+                return stats.merges;
+            } finally {
+                await context.dispose();
+            }
+        };
+
+        it("a leaving cell merges only where its value is alike its target's, read alike from a transposed V cache", async function () {
+            const all = await mergesWith(-1, false);
+            const half = await mergesWith(0.5, false);
+            const most = await mergesWith(0.9, false);
+            assert.ok(all > 100, `with -1 the keys alone decide: most merge (${all})`);
+            assert.ok(half < all && most < half, `fewer merges the stricter the values: ${all}, ${half}, ${most}`);
+            assert.ok(most > 0, "some values are alike");
+            // flash attention off keeps V transposed (the gate gathers it element by element), on keeps it by
+            // rows: the same cells merge, up to the rounding by which the two attentions differ
+            const halfRows = await mergesWith(0.5, true);
+            assert.ok(Math.abs(halfRows - half) <= 0.02 * half, `flash attention on ${halfRows} vs off ${half}`);
+        });
+
+        it("does not apply with recency selection, where the merges it would stop keep perplexity down", async function () {
+            assert.equal(await mergesWith(0.9, false, "recency"), await mergesWith(-1, false, "recency"));
+        });
+    });
+
     describe("accumulated scores (scoreMode sum)", function () {
         // The scores as a saved state carries them (keepkv_state_write in the patch series): after K and V the
-        // magic "KKV1", the state version (3), the parameters (13 fields of 32 bits), n_layer, then per layer
+        // magic "KKV1", the state version (4), the parameters (14 fields of 32 bits), n_layer, then per layer
         // n_head_kv, the log votes of every saved cell and then their scores (n_head_kv floats per cell).
         async function savedScores(sequence: LlamaContextSequence, name: string): Promise<Float32Array[][]> {
             const file = path.join(tmp, `${name}.state`);
@@ -466,10 +508,10 @@ describe("KeepKV core", function () {
             const buf = fs.readFileSync(file);
             let at = -1;
             for (let i = 0; i + 8 <= buf.length && at < 0; i++)
-                if (buf.readUInt32LE(i) === 0x31564b4b && buf.readUInt32LE(i + 4) === 3)
+                if (buf.readUInt32LE(i) === 0x31564b4b && buf.readUInt32LE(i + 4) === 4)
                     at = i;
-            assert.ok(at >= 0, "the state has a KeepKV section of version 3");
-            let o = at + 8 + 13 * 4;
+            assert.ok(at >= 0, "the state has a KeepKV section of version 4");
+            let o = at + 8 + 14 * 4;
             const layers: Float32Array[][] = [];
             const nLayer = buf.readUInt32LE(o);
             o += 4;
@@ -525,7 +567,7 @@ describe("KeepKV core", function () {
         it("a cell that merges go into keeps its own score (the moving average adds the leaving cells' scores to it)", async function () {
             const retainedScores = async (scoreMode: "ema" | "sum") => {
                 const context = await createKeepKvContext(model, {
-                    contextSize: 512, batchSize: 512, threads: 1, keepKv: { policy: "keepkv", selection: "score", threshold: 1e-6, scoreMode }
+                    contextSize: 512, batchSize: 512, threads: 1, keepKv: { policy: "keepkv", selection: "score", threshold: 1e-6, valueThreshold: -1, scoreMode }
                 });
                 try {
                     const sequence = context.getSequence();

@@ -9,8 +9,8 @@ import {
 import { ConfigError, loadConfig } from "../../../server/config/load-config.js";
 import { flagOf, optionDecls } from "../../../server/config/options.js";
 
-type RangedKey = "sinks" | "recent" | "chunk" | "observed" | "threshold" | "protect" | "scoreDecay" | "queryDecay";
-const ranged: RangedKey[] = ["sinks", "recent", "chunk", "observed", "threshold", "protect", "scoreDecay", "queryDecay"];
+type RangedKey = "sinks" | "recent" | "chunk" | "observed" | "threshold" | "protect" | "valueThreshold" | "scoreDecay" | "queryDecay";
+const ranged: RangedKey[] = ["sinks", "recent", "chunk", "observed", "threshold", "protect", "valueThreshold", "scoreDecay", "queryDecay"];
 
 /** Each bound of a range and its neighbours on both sides (integers: ±1; numbers: ±1e-6). */
 function probes(range: KeepKvRange, integer: boolean): number[] {
